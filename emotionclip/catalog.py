@@ -1,0 +1,308 @@
+"""The data catalog: where every artifact lives, which models a profile uses,
+and every stage's parameters (with the paper's defaults).
+
+`load_catalog()` reads `data_catalog.yaml`, applies overrides and validates it
+with pydantic. A wrong key or value raises `CatalogError` naming the key path.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CATALOG = REPO_ROOT / "data_catalog.yaml"
+CATALOG_ENV = "EMOTIONCLIP_CATALOG"
+
+# Videos that also appear in BoLD; excluded by the authors' index script (DESIGN.md section 4).
+BOLD_OVERLAP_IDS = [
+    "7YpF6DntOYw", "Db19rWN5BGo", "_a9SWtcaNj8", "lWXhqIAvarw", "CrlfWnsS7ac",
+    "y7ncweROe9U", "phrYEKv0rmw", "oD_wxyTHJ2I", "914yZXz-iRs", "2qQs3Y9OJX0", "_mAfwH6i90E",
+]
+
+STAGES = ("search", "download", "words", "frames", "sentences", "sentiment",
+          "humans", "clips", "filter", "manifests", "card")
+
+
+class CatalogError(ValueError):
+    """A catalog that cannot be used; the message names the offending key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Artifacts(_Strict):
+    candidates: str = "search/candidates.parquet"
+    download_archive: str = "download_archive.txt"
+    video_dir: str = "videos/{video_id}"
+    raw_dir: str = "videos/{video_id}/raw"
+    info: str = "videos/{video_id}/info.json"
+    words: str = "videos/{video_id}/words.parquet"
+    frames: str = "videos/{video_id}/frames.zip"
+    detections: str = "videos/{video_id}/detections.parquet"
+    sentences: str = "videos/{video_id}/sentences.parquet"
+    sentiment: str = "videos/{video_id}/sentiment.parquet"
+    clips: str = "videos/{video_id}/clips.parquet"
+    manifests: str = "manifests"
+    rejected: str = "manifests/rejected.parquet"
+    failures: str = "manifests/failures.parquet"
+    dataset_card: str = "card"
+
+
+class ModelProfile(_Strict):
+    """Model ids (hub ids, Ultralytics names) or folders relative to models_dir."""
+
+    punctuation: str
+    emotion: str
+    detector: str
+    clip_model: str
+    clip_pretrained: str | None = None
+
+
+class SearchParams(_Strict):
+    backend: Literal["youtube-search-python", "yt-dlp"] = "youtube-search-python"
+    mode: Literal["videos", "playlists"] = "videos"
+    queries: list[str] = Field(default_factory=lambda: ["TV series", "TV shows"])
+    results_per_query: int = Field(50, ge=1)
+    max_videos: int = Field(100, ge=1)
+    min_duration_s: float = Field(2400, ge=0)  # paper: >= 40 minutes
+    require_english_captions: bool = True
+    exclude_ids: list[str] = Field(default_factory=lambda: list(BOLD_OVERLAP_IDS))
+    exclude_titles: list[str] = Field(default_factory=list)
+
+
+class DownloadParams(_Strict):
+    min_height: int = Field(256, ge=1)
+    caption_langs: list[str] = Field(default_factory=lambda: ["en", "en-orig"])
+    caption_formats: list[str] = Field(default_factory=lambda: ["json3", "vtt", "srt"])
+    retries: int = Field(10, ge=0)
+    sleep_requests_s: float = Field(1.0, ge=0)
+    sleep_interval_s: float = Field(5.0, ge=0)
+    max_sleep_interval_s: float = Field(30.0, ge=0)
+    rate_limit_per_minute: float = Field(20, gt=0)
+
+
+class FrameParams(_Strict):
+    fps: int = Field(8, ge=1)  # paper: 8 FPS
+    short_edge: int = Field(256, ge=16)  # paper: smaller edge 256
+    jpeg_quality: int = Field(3, ge=2, le=31)
+
+
+class SentenceParams(_Strict):
+    chunk_words: int = Field(230, ge=8)  # reference FullStop wrapper
+    overlap_words: int = Field(5, ge=0)
+    batch_size: int = Field(8, ge=1)
+    split_on: list[str] = Field(default_factory=lambda: [".", "?"])
+
+    @model_validator(mode="after")
+    def _overlap_smaller_than_chunk(self) -> "SentenceParams":
+        if self.overlap_words * 2 >= self.chunk_words:
+            raise ValueError("overlap_words must be less than half of chunk_words")
+        return self
+
+
+class SentimentParams(_Strict):
+    batch_size: int = Field(64, ge=1)
+    max_length: int = Field(512, ge=8)
+
+
+class HumanParams(_Strict):
+    imgsz: int = Field(640, ge=32)  # paper: YOLOv7 at 640
+    conf: float = Field(0.25, ge=0, le=1)  # paper
+    iou: float = Field(0.45, ge=0, le=1)  # paper; Ultralytics default is 0.7
+    classes: list[int] = Field(default_factory=lambda: [0])
+    batch_size: int = Field(32, ge=1)
+    device: str = "auto"
+    half: bool = True
+
+
+class FilterParams(_Strict):
+    # Authors' training code: 2 s < duration < 10 s, >= 3 chars, >= 8 frames.
+    min_duration_s: float = Field(2.0, ge=0)
+    max_duration_s: float = Field(10.0, gt=0)
+    min_text_chars: int = Field(3, ge=0)
+    min_frames: int = Field(8, ge=0)
+    # Paper: neutral < 0.05 (authors' code: <= 0.05).
+    max_neutral: float = Field(0.05, ge=0, le=1)
+    min_person_frac: float = Field(0.0, ge=0, le=1)
+
+
+class ManifestParams(_Strict):
+    shard_size: int = Field(10000, ge=1)
+
+
+class StageParams(_Strict):
+    search: SearchParams = Field(default_factory=SearchParams)
+    download: DownloadParams = Field(default_factory=DownloadParams)
+    frames: FrameParams = Field(default_factory=FrameParams)
+    sentences: SentenceParams = Field(default_factory=SentenceParams)
+    sentiment: SentimentParams = Field(default_factory=SentimentParams)
+    humans: HumanParams = Field(default_factory=HumanParams)
+    filter: FilterParams = Field(default_factory=FilterParams)
+    manifests: ManifestParams = Field(default_factory=ManifestParams)
+
+
+class Catalog(_Strict):
+    data_root: str = "data"
+    models_dir: str = "models"
+    profile: str = "paper"
+    artifacts: Artifacts = Field(default_factory=Artifacts)
+    profiles: dict[str, ModelProfile]
+    stages: StageParams = Field(default_factory=StageParams)
+    # Folder of the catalog file; relative paths resolve against it. Not part of the YAML.
+    base_dir: str = Field(default=".", exclude=True)
+
+    @field_validator("profiles")
+    @classmethod
+    def _has_profiles(cls, v: dict[str, ModelProfile]) -> dict[str, ModelProfile]:
+        if not v:
+            raise ValueError("at least one profile is required")
+        return v
+
+    @model_validator(mode="after")
+    def _profile_exists(self) -> "Catalog":
+        if self.profile not in self.profiles:
+            raise ValueError(f"profile {self.profile!r} is not one of {sorted(self.profiles)}")
+        return self
+
+    # -- resolved locations -------------------------------------------------
+    def _resolve(self, p: str) -> str:
+        if "://" in p or os.path.isabs(p):
+            return p
+        return str((Path(self.base_dir) / p).resolve())
+
+    @property
+    def root(self) -> str:
+        """The data root as an absolute local path or an fsspec URL."""
+        return self._resolve(self.data_root)
+
+    @property
+    def models_path(self) -> Path:
+        return Path(self._resolve(self.models_dir))
+
+    @property
+    def models(self) -> ModelProfile:
+        """The active profile's models."""
+        return self.profiles[self.profile]
+
+    def artifact(self, name: str, video_id: str | None = None) -> str:
+        """Location of artifact `name` (for `video_id` when it is per video)."""
+        from emotionclip.ids import validate_video_id
+
+        template = getattr(self.artifacts, name)
+        if "{video_id}" in template:
+            if video_id is None:
+                raise CatalogError(f"artifacts.{name}: needs a video_id")
+            template = template.format(video_id=validate_video_id(video_id))
+        root = self.root
+        return f"{root.rstrip('/')}/{template}"
+
+    def model_ref(self, name: str) -> str:
+        """A profile model as a hub id / Ultralytics name, or an absolute folder
+        when the entry names a path that exists under models_dir (pre-fetched or tiny)."""
+        ref = getattr(self.models, name)
+        if ref is None:
+            return ref
+        local = self.models_path / ref
+        if ref.startswith(("tiny/", "./", "/")) or local.exists():
+            return str(local if not os.path.isabs(ref) else Path(ref))
+        return ref
+
+    def stage_fingerprint(self, stage: str) -> str:
+        """Hash of everything that determines a stage's output besides its inputs:
+        the stage parameters and the model it uses. Caches key on this."""
+        params = getattr(self.stages, stage, None)
+        payload: dict[str, Any] = {"stage": stage}
+        if params is not None:
+            payload["params"] = params.model_dump(mode="json")
+        model_field = {"sentences": "punctuation", "sentiment": "emotion", "humans": "detector"}.get(stage)
+        if model_field:
+            payload["model"] = getattr(self.models, model_field)
+        blob = json.dumps(payload, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def to_yaml_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude={"base_dir"})
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{key}: {msg}")
+    return "invalid catalog: " + "; ".join(lines)
+
+
+def deep_update(base: dict[str, Any], updates: dict[str, Any]) -> dict[str, Any]:
+    """Recursively merge `updates` into a copy of `base`."""
+    out = copy.deepcopy(base)
+    for k, v in (updates or {}).items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_update(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def dotted_to_nested(overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """{"stages.filter.max_neutral": 0.2} -> {"stages": {"filter": {"max_neutral": 0.2}}}."""
+    nested: dict[str, Any] = {}
+    for key, value in (overrides or {}).items():
+        if isinstance(value, dict) and "." not in key:
+            nested = deep_update(nested, {key: value})
+            continue
+        parts = key.split(".")
+        cur = nested
+        for p in parts[:-1]:
+            cur = cur.setdefault(p, {})
+        cur[parts[-1]] = value
+    return nested
+
+
+def default_catalog_path() -> Path:
+    return Path(os.environ.get(CATALOG_ENV, DEFAULT_CATALOG))
+
+
+def load_catalog(
+    path: str | os.PathLike | None = None,
+    *,
+    profile: str | None = None,
+    data_root: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Catalog:
+    """Load and validate the catalog. `overrides` may be nested or dotted
+    (`{"stages.filter.max_neutral": 0.2}`)."""
+    p = Path(path) if path is not None else default_catalog_path()
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except FileNotFoundError:
+        raise CatalogError(f"catalog file not found: {p}") from None
+    except yaml.YAMLError as e:
+        raise CatalogError(f"catalog {p} is not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise CatalogError(f"catalog {p}: top level must be a mapping")
+    raw = deep_update(raw, dotted_to_nested(overrides))
+    if profile is not None:
+        raw["profile"] = profile
+    if data_root is not None:
+        raw["data_root"] = data_root
+    raw["base_dir"] = str(p.resolve().parent)
+    return catalog_from_dict(raw)
+
+
+def catalog_from_dict(raw: dict[str, Any]) -> Catalog:
+    try:
+        return Catalog.model_validate(raw)
+    except ValidationError as e:
+        raise CatalogError(_format_validation_error(e)) from None

@@ -1,0 +1,40 @@
+"""`emotionclip catalog ...`: show and validate the data catalog."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(no_args_is_help=True)
+
+
+@app.command("show")
+def show(
+    catalog: Optional[Path] = typer.Option(None, help="Catalog file (default: data_catalog.yaml or $EMOTIONCLIP_CATALOG)."),
+    profile: Optional[str] = typer.Option(None, help="Model profile (paper or tiny)."),
+) -> None:
+    """Print the validated catalog (with defaults filled in) as JSON."""
+    from emotionclip.catalog import CatalogError, load_catalog
+
+    try:
+        cat = load_catalog(catalog, profile=profile)
+    except CatalogError as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(2)
+    typer.echo(json.dumps(cat.to_yaml_dict() | {"resolved_data_root": cat.root}, indent=2))
+
+
+@app.command("validate")
+def validate(catalog: Optional[Path] = typer.Argument(None, help="Catalog file.")) -> None:
+    """Validate a catalog file; exit 2 with the offending key on error."""
+    from emotionclip.catalog import CatalogError, load_catalog
+
+    try:
+        load_catalog(catalog)
+    except CatalogError as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(2)
+    typer.echo("ok")

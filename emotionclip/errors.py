@@ -1,0 +1,18 @@
+"""Errors that name the video and the stage, so a run can record them and go on."""
+
+from __future__ import annotations
+
+
+class StageError(RuntimeError):
+    """A stage failed for one video. `str()` names both."""
+
+    def __init__(self, stage: str, video_id: str | None, message: str):
+        self.stage = stage
+        self.video_id = video_id
+        self.message = message
+        where = f"video {video_id}" if video_id else "run"
+        super().__init__(f"[{stage}] {where}: {message}")
+
+
+class ModelNotAvailable(RuntimeError):
+    """Model weights are not available offline; the message says how to fetch them."""

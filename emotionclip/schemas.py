@@ -1,0 +1,113 @@
+"""Arrow schemas of every table the pipeline writes (DESIGN.md section 3).
+
+One place: writers cast to these, readers validate against them.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import pyarrow as pa
+
+# Label order of j-hartmann/emotion-english-distilroberta-base; neutral is index 4.
+EMOTIONS: tuple[str, ...] = ("anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise")
+NEUTRAL_INDEX = 4
+LOGIT_COLUMNS = [f"logit_{e}" for e in EMOTIONS]
+PROB_COLUMNS = [f"prob_{e}" for e in EMOTIONS]
+
+# FullStop labels (oliverguhr/fullstop-punctuation-multilang-large).
+PUNCTUATION_LABELS: tuple[str, ...] = ("0", ".", ",", "?", "-", ":")
+
+WORDS = pa.schema([
+    ("word", pa.string()),
+    ("start_s", pa.float64()),
+    ("end_s", pa.float64()),
+    ("precision", pa.string()),  # "word" (caption gave word timing) or "segment" (interpolated in a cue)
+])
+
+# One row per person box; frames with nobody have no row. The file's metadata
+# holds "n_frames" so "no row" is distinguishable from "frame not processed".
+DETECTIONS = pa.schema([
+    ("frame_idx", pa.int32()),
+    ("x1", pa.float32()),
+    ("y1", pa.float32()),
+    ("x2", pa.float32()),
+    ("y2", pa.float32()),
+    ("conf", pa.float32()),
+])
+
+SENTENCES = pa.schema([
+    ("sentence_idx", pa.int32()),
+    ("text", pa.string()),
+    ("start_s", pa.float64()),
+    ("end_s", pa.float64()),
+    ("n_words", pa.int32()),
+])
+
+SENTIMENT = pa.schema(
+    [("sentence_idx", pa.int32())]
+    + [(c, pa.float32()) for c in LOGIT_COLUMNS]
+    + [(c, pa.float32()) for c in PROB_COLUMNS]
+    + [("neutral", pa.float32())]
+)
+
+BOX = pa.struct([
+    ("frame_idx", pa.int32()),
+    ("x1", pa.float32()),
+    ("y1", pa.float32()),
+    ("x2", pa.float32()),
+    ("y2", pa.float32()),
+    ("conf", pa.float32()),
+])
+
+# A clip is one sentence (per-video clips table and, after filtering, the manifest rows).
+CLIP = pa.schema(
+    [
+        ("clip_id", pa.string()),  # "{video_id}:{sentence_idx}"
+        ("video_id", pa.string()),
+        ("sentence_idx", pa.int32()),
+        ("text", pa.string()),
+        ("start_s", pa.float64()),
+        ("end_s", pa.float64()),
+        ("frame_start", pa.int32()),  # ceil(start_s * fps)
+        ("frame_end", pa.int32()),  # floor(end_s * fps), inclusive
+    ]
+    + [(c, pa.float32()) for c in LOGIT_COLUMNS]
+    + [(c, pa.float32()) for c in PROB_COLUMNS]
+    + [
+        ("neutral", pa.float32()),
+        ("person_frac", pa.float32()),
+        ("boxes", pa.list_(BOX)),  # every person box of the clip's frames
+    ]
+)
+MANIFEST = CLIP
+
+REJECTED = pa.schema(list(CLIP) + [pa.field("reason", pa.string())])
+
+FAILURES = pa.schema([
+    ("video_id", pa.string()),
+    ("stage", pa.string()),
+    ("error", pa.string()),
+    ("time", pa.string()),  # ISO 8601 UTC
+])
+
+
+class SchemaError(ValueError):
+    pass
+
+
+def validate_table(table: pa.Table, schema: pa.Schema, name: str) -> None:
+    """Raise SchemaError naming the first missing or mistyped column."""
+    for field in schema:
+        if field.name not in table.schema.names:
+            raise SchemaError(f"{name}: missing column {field.name!r}")
+        got = table.schema.field(field.name).type
+        if not got.equals(field.type):
+            raise SchemaError(f"{name}: column {field.name!r} has type {got}, expected {field.type}")
+
+
+def to_table(df: pd.DataFrame, schema: pa.Schema) -> pa.Table:
+    """DataFrame -> Table with exactly `schema`'s columns, in its order and types."""
+    missing = [f.name for f in schema if f.name not in df.columns]
+    if missing:
+        raise SchemaError(f"missing columns {missing}")
+    return pa.Table.from_pandas(df[[f.name for f in schema]], schema=schema, preserve_index=False)

@@ -1,0 +1,21 @@
+"""Test environment: offline, nothing written to HOME (DESIGN.md section 7)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+_TMP = Path(tempfile.mkdtemp(prefix="emotionclip-tests-"))
+os.environ.setdefault("PREFECT_HOME", str(_TMP / "prefect"))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HOME", str(_TMP / "hf"))
+os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("YOLO_CONFIG_DIR", str(_TMP / "ultralytics"))
+os.environ.setdefault("YOLO_AUTOINSTALL", "false")
+os.environ.setdefault("MPLCONFIGDIR", str(_TMP / "mpl"))
+os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("TORCH_HOME", str(_TMP / "torch"))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

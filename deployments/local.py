@@ -1,0 +1,217 @@
+"""Local Prefect server and worker, for one machine.
+
+    python -m deployments.local up        # server + deployments + worker
+    python -m deployments.local status
+    python -m deployments.local down      # worker (two SIGINTs), then server
+
+The server keeps its SQLite database in `.prefect/` of the project, binds to
+127.0.0.1 and has analytics off. For several machines see the README
+(PostgreSQL-backed server, one worker per machine, a shared data root).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from emotionclip.catalog import REPO_ROOT
+
+app = typer.Typer(no_args_is_help=True, help=__doc__)
+
+DEFAULT_HOME = REPO_ROOT / ".prefect"
+DEFAULT_PORT = 4200
+
+
+def server_env(home: Path, port: int) -> dict[str, str]:
+    """Environment for the server, the worker and any client of this local server."""
+    env = dict(os.environ)
+    env.update({
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_SERVER_API_HOST": "127.0.0.1",
+        "PREFECT_SERVER_API_PORT": str(port),
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+    })
+    return env
+
+
+def _prefect() -> list[str]:
+    return [sys.executable, "-m", "prefect"]
+
+
+def _pidfile(home: Path, what: str) -> Path:
+    return home / f"{what}.pid"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+def _read_pid(home: Path, what: str) -> Optional[int]:
+    f = _pidfile(home, what)
+    if not f.exists():
+        return None
+    pid = int(f.read_text().strip() or 0)
+    return pid if pid and _alive(pid) else None
+
+
+def healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def start_server(home: Path = DEFAULT_HOME, port: int = DEFAULT_PORT, timeout: float = 120) -> int:
+    """Start `prefect server start` in the background; return its pid once healthy."""
+    home.mkdir(parents=True, exist_ok=True)
+    pid = _read_pid(home, "server")
+    if pid and healthy(port):
+        return pid
+    log = open(home / "server.log", "ab")
+    proc = subprocess.Popen(
+        _prefect() + ["server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=server_env(home, port), stdout=log, stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL, start_new_session=True, cwd=REPO_ROOT,
+    )
+    _pidfile(home, "server").write_text(str(proc.pid))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"prefect server exited ({proc.returncode}); see {home / 'server.log'}")
+        if healthy(port):
+            return proc.pid
+        time.sleep(0.5)
+    raise TimeoutError(f"prefect server not healthy after {timeout}s; see {home / 'server.log'}")
+
+
+def start_worker(home: Path = DEFAULT_HOME, port: int = DEFAULT_PORT, pool: Optional[str] = None) -> int:
+    """Start a process worker for the project's pool in the background."""
+    from deployments.definitions import WORK_POOL
+
+    pid = _read_pid(home, "worker")
+    if pid:
+        return pid
+    log = open(home / "worker.log", "ab")
+    proc = subprocess.Popen(
+        _prefect() + ["worker", "start", "--pool", pool or WORK_POOL, "--type", "process"],
+        env=server_env(home, port), stdout=log, stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL, start_new_session=True, cwd=REPO_ROOT,
+    )
+    _pidfile(home, "worker").write_text(str(proc.pid))
+    return proc.pid
+
+
+def stop_process(pid: int, sigints: int = 2, grace: float = 15.0) -> None:
+    """Stop a process group politely: a Prefect process worker needs two SIGINTs;
+    fall back to SIGTERM and SIGKILL if it lingers."""
+    for sig in [signal.SIGINT] * sigints + [signal.SIGTERM]:
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return
+        end = time.monotonic() + grace / (sigints + 1)
+        while time.monotonic() < end:
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    return
+            except ChildProcessError:
+                if not _alive(pid):
+                    return
+            time.sleep(0.2)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def stop(home: Path = DEFAULT_HOME) -> None:
+    for what, sigints in (("worker", 2), ("server", 1)):
+        pid = _read_pid(home, what)
+        if pid:
+            stop_process(pid, sigints=sigints)
+        _pidfile(home, what).unlink(missing_ok=True)
+
+
+def register(home: Path = DEFAULT_HOME, port: int = DEFAULT_PORT, extra_parameters: Optional[dict] = None) -> list[str]:
+    """Register the deployments against the local server (in a subprocess, so the
+    server's PREFECT_API_URL applies whatever this process has loaded)."""
+    import json
+
+    code = (
+        "import json,sys; from deployments.definitions import register_deployments; "
+        "print(json.dumps(register_deployments(json.loads(sys.argv[1]))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(extra_parameters or {})],
+                         env=server_env(home, port), capture_output=True, text=True, cwd=REPO_ROOT)
+    if out.returncode != 0:
+        raise RuntimeError(f"registering deployments failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+HomeOpt = typer.Option(DEFAULT_HOME, help="PREFECT_HOME of the local server (holds the SQLite database).")
+PortOpt = typer.Option(DEFAULT_PORT, help="Port on 127.0.0.1.")
+
+
+@app.command("up")
+def up(home: Path = HomeOpt, port: int = PortOpt) -> None:
+    """Start the server, register the deployments, start a worker."""
+    start_server(home, port)
+    for name in register(home, port):
+        typer.echo(f"deployment: {name}")
+    start_worker(home, port)
+    typer.echo(f"Prefect UI: http://127.0.0.1:{port}")
+    typer.echo(f"export PREFECT_API_URL=http://127.0.0.1:{port}/api")
+
+
+@app.command("server")
+def server_cmd(home: Path = HomeOpt, port: int = PortOpt) -> None:
+    """Start only the server."""
+    typer.echo(f"server pid {start_server(home, port)} at http://127.0.0.1:{port}")
+
+
+@app.command("deploy")
+def deploy_cmd(home: Path = HomeOpt, port: int = PortOpt) -> None:
+    """Register (or update) the deployments."""
+    for name in register(home, port):
+        typer.echo(name)
+
+
+@app.command("worker")
+def worker_cmd(home: Path = HomeOpt, port: int = PortOpt) -> None:
+    """Start a process worker in the background."""
+    typer.echo(f"worker pid {start_worker(home, port)}")
+
+
+@app.command("status")
+def status(home: Path = HomeOpt, port: int = PortOpt) -> None:
+    typer.echo(f"server: {'up' if healthy(port) else 'down'} (pid {_read_pid(home, 'server')})")
+    typer.echo(f"worker: pid {_read_pid(home, 'worker')}")
+
+
+@app.command("down")
+def down(home: Path = HomeOpt) -> None:
+    """Stop the worker (two SIGINTs) and the server."""
+    stop(home)
+    typer.echo("stopped")
+
+
+if __name__ == "__main__":
+    app()

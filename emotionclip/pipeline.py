@@ -1,0 +1,170 @@
+"""The per-video stages of build-tv-dataset as one registry, with up-to-date
+checks, so that a stage runs the same way from the CLI, a notebook or a Prefect
+task, and a re-run skips what is already done.
+
+A stage's *key* hashes its parameters and model (`Catalog.stage_fingerprint`),
+its output location, and the keys of the stages it reads from; the root of the
+chain is the video's downloaded `info.json`. A stage is up to date when its
+outputs exist and the marker it wrote after finishing (`.stages/<stage>.json`
+in the video folder) holds the same key. So a changed parameter re-runs only the
+stages downstream of it, and a killed run (no marker) re-runs the stage.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import importlib
+import json
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from emotionclip import io
+from emotionclip.catalog import Catalog
+from emotionclip.errors import StageError
+from emotionclip.ids import validate_video_id
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    func: str  # "module:function", imported on first use (keeps the CLI light)
+    outputs: tuple[str, ...]  # catalog artifact names
+    after: tuple[str, ...] = ()  # stages whose outputs this one reads
+    uses_model: bool = False  # GPU-capable: Prefect tags these for a concurrency limit
+
+    def load(self) -> Callable[[Catalog, str], dict]:
+        module, _, attr = self.func.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+# Order is the DAG's topological order.
+VIDEO_STAGES: dict[str, Stage] = {
+    s.name: s
+    for s in [
+        Stage("words", "emotionclip.captions:run_words", ("words",)),
+        Stage("frames", "emotionclip.frames:run_frames", ("frames",)),
+        Stage("sentences", "emotionclip.punctuation:run_sentences", ("sentences",), ("words",), True),
+        Stage("sentiment", "emotionclip.sentiment:run_sentiment", ("sentiment",), ("sentences",), True),
+        # Detection decodes the same 8 FPS frames the store holds, so it follows the frame parameters.
+        Stage("humans", "emotionclip.humans:run_humans", ("detections",), ("frames",), True),
+        Stage("clips", "emotionclip.clips:run_clips", ("clips",), ("sentences", "sentiment", "humans", "frames")),
+    ]
+}
+
+
+def _sha(payload: Any) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def _source_key(catalog: Catalog, video_id: str) -> str:
+    """Identity of the downloaded inputs: the content of info.json."""
+    info = catalog.artifact("info", video_id)
+    if not io.exists(info):
+        raise StageError("download", video_id, f"not downloaded yet: {info} is missing")
+    with io.open_file(info, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()[:20]
+
+
+def stage_key(catalog: Catalog, stage: str, video_id: str, _memo: dict | None = None) -> str:
+    """The cache key of `stage` for `video_id` (see module docstring)."""
+    memo = {} if _memo is None else _memo
+    if stage in memo:
+        return memo[stage]
+    spec = VIDEO_STAGES[stage]
+    upstream = [stage_key(catalog, dep, video_id, memo) for dep in spec.after]
+    key = _sha({
+        "stage": stage,
+        "params": catalog.stage_fingerprint(stage),
+        "outputs": [catalog.artifact(o, video_id) for o in spec.outputs],
+        "source": _source_key(catalog, video_id),
+        "upstream": upstream,
+    })
+    memo[stage] = key
+    return key
+
+
+def _marker(catalog: Catalog, stage: str, video_id: str) -> str:
+    return f"{catalog.artifact('video_dir', video_id)}/.stages/{stage}.json"
+
+
+def read_marker(catalog: Catalog, stage: str, video_id: str) -> dict | None:
+    path = _marker(catalog, stage, video_id)
+    if not io.exists(path):
+        return None
+    try:
+        return io.read_json(path)
+    except (ValueError, OSError):
+        return None
+
+
+def is_up_to_date(catalog: Catalog, stage: str, video_id: str) -> bool:
+    spec = VIDEO_STAGES[stage]
+    marker = read_marker(catalog, stage, video_id)
+    if marker is None or marker.get("key") != stage_key(catalog, stage, video_id):
+        return False
+    return all(io.exists(catalog.artifact(o, video_id)) for o in spec.outputs)
+
+
+_locks: dict[tuple[str, str], threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+def _lock_for(catalog: Catalog, video_id: str, stage: str) -> threading.Lock:
+    with _locks_guard:
+        return _locks.setdefault((catalog.artifact("video_dir", video_id), stage), threading.Lock())
+
+
+def run_stage(catalog: Catalog, stage: str, video_id: str, *, force: bool = False) -> dict:
+    """Run one per-video stage unless it is up to date. Returns the stage's summary
+    with `skipped` set. Any failure is raised as StageError naming stage and video."""
+    if stage not in VIDEO_STAGES:
+        raise StageError(stage, video_id, f"unknown stage; choose from {list(VIDEO_STAGES)}")
+    video_id = validate_video_id(video_id)
+    with _lock_for(catalog, video_id, stage):
+        if not force and is_up_to_date(catalog, stage, video_id):
+            marker = read_marker(catalog, stage, video_id) or {}
+            return {**marker.get("summary", {}), "skipped": True}
+        missing = [d for d in VIDEO_STAGES[stage].after if not is_up_to_date(catalog, d, video_id)]
+        if missing:
+            raise StageError(stage, video_id, f"inputs not ready: run {', '.join(missing)} first")
+        key = stage_key(catalog, stage, video_id)
+        try:
+            summary = VIDEO_STAGES[stage].load()(catalog, video_id) or {}
+        except StageError:
+            raise
+        except Exception as e:  # anything else still names the video and the stage
+            raise StageError(stage, video_id, f"{type(e).__name__}: {e}") from e
+        io.atomic_write_json(_marker(catalog, stage, video_id), {
+            "stage": stage,
+            "key": key,
+            "summary": summary,
+            "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+        })
+        return {**summary, "skipped": False}
+
+
+def list_video_ids(catalog: Catalog) -> list[str]:
+    """Ids of the videos present under the data root (those with an info.json)."""
+    import fsspec
+
+    videos_dir = catalog.artifact("video_dir", "x").rsplit("/", 1)[0]
+    if not io.exists(videos_dir):
+        return []
+    fs, path = fsspec.core.url_to_fs(videos_dir)
+    ids = []
+    for entry in sorted(fs.ls(path, detail=False)):
+        name = entry.rstrip("/").rsplit("/", 1)[-1]
+        try:
+            validate_video_id(name)
+        except ValueError:
+            continue
+        if io.exists(catalog.artifact("info", name)):
+            ids.append(name)
+    return ids
+
+
+def run_video(catalog: Catalog, video_id: str, *, force: bool = False) -> dict[str, dict]:
+    """Every per-video stage in order (the plain-loop equivalent of the flow)."""
+    return {name: run_stage(catalog, name, video_id, force=force) for name in VIDEO_STAGES}

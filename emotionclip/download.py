@@ -1,0 +1,606 @@
+"""Download stage: one video plus its English captions into `raw_dir`, and `info.json`.
+
+Sources (DESIGN.md section 4, contract):
+- a YouTube id: the URL is built from the validated id;
+- a plain URL of any site yt-dlp supports: the video id is the sanitized
+  extractor id;
+- a local folder of videos with caption files (`import_local_folder`).
+
+yt-dlp is driven through its Python API with an options dict (never a shell
+string). A video is fetched in two steps with the same extracted metadata:
+1. extract (no download) and choose the caption track ourselves: manual
+   English first, automatic (`en`, `en-orig`) as the fallback. A video with no
+   English track fails here, before any media is fetched (the words stage
+   needs captions).
+2. download the chosen format and exactly that caption track into a staging
+   folder next to `raw_dir`, check the files, rename the folder into place,
+   write `info.json`, then record the video in the download archive.
+
+The archive is yt-dlp's own (same file format, same ids, read by yt-dlp's
+`download_archive` option so it skips recorded videos, a YouTube id without a
+single request). We append the line ourselves *after* the rename: yt-dlp would
+append it before our rename, and a run killed in between would then skip a
+video whose files were never put in place.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from emotionclip.catalog import Catalog, DownloadParams
+from emotionclip.errors import StageError
+from emotionclip.ffmpeg import ffmpeg_exe
+from emotionclip.ids import InvalidVideoId, sanitize_video_id, validate_video_id
+from emotionclip.io import atomic_write_json, is_local, read_json
+from emotionclip.ratelimit import limiter
+
+log = logging.getLogger(__name__)
+
+STAGE = "download"
+VIDEO_EXTS = (".mp4", ".mkv", ".webm", ".mov")
+CAPTION_EXTS = ("json3", "vtt", "srt")  # what the words stage reads
+YOUTUBE_WATCH = "https://www.youtube.com/watch?v={}"
+# Codecs every ffmpeg build decodes fast; ties on size prefer them.
+_CODEC_RANK = {"avc1": 0, "h264": 0, "vp9": 1, "vp09": 1, "vp8": 2, "av01": 3}
+# yt-dlp needs a JavaScript runtime for YouTube (signature challenges): deno is
+# its default; node is accepted too and is often already installed.
+JS_RUNTIMES = {"deno": {}, "node": {}}
+# Transient HTTP answers worth another attempt (throttling, server trouble).
+_TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
+
+
+# -- pure choices (unit-tested without a network) --------------------------------
+def _short_edge(f: dict[str, Any]) -> int | None:
+    w, h = f.get("width"), f.get("height")
+    if w and h:
+        return int(min(w, h))
+    return None
+
+
+def _has_video(f: dict[str, Any]) -> bool:
+    # vcodec None means "unknown" (generic extractor): it may well be video.
+    return f.get("vcodec") != "none" and f.get("ext") not in ("mhtml",) and not f.get("has_drm")
+
+
+def _size_estimate(f: dict[str, Any]) -> float:
+    return float(f.get("filesize") or f.get("filesize_approx") or (f.get("tbr") or 0) * 1000 or 0)
+
+
+def select_format(formats: Iterable[dict[str, Any]], min_height: int) -> dict[str, Any] | None:
+    """The smallest video format whose smaller edge is >= `min_height`.
+
+    "Smaller edge", not height: a portrait video's width is its small edge.
+    Video-only formats are fine (captions carry the words). Fallbacks: when no
+    format is big enough, the biggest one (the frames stage scales up); when
+    no format states its size (generic pages, a single direct file), the
+    best-ranked one (yt-dlp lists formats worst to best)."""
+    videos = [f for f in formats if _has_video(f)]
+    if not videos:
+        return None
+    sized = [f for f in videos if _short_edge(f) is not None]
+    big = [f for f in sized if _short_edge(f) >= min_height]
+    if big:
+        def key(f: dict[str, Any]) -> tuple:
+            codec = str(f.get("vcodec") or "").split(".")[0]
+            direct = 0 if str(f.get("protocol") or "https").startswith("http") else 1
+            return (_short_edge(f), direct, _CODEC_RANK.get(codec, 4), _size_estimate(f))
+
+        return min(big, key=key)
+    if sized:
+        return max(sized, key=lambda f: (_short_edge(f), -_size_estimate(f)))
+    return videos[-1]
+
+
+@dataclass(frozen=True)
+class CaptionChoice:
+    lang: str
+    kind: str  # "manual" | "automatic"
+    ext: str
+
+
+def _track_ext(entry: dict[str, Any]) -> str:
+    ext = entry.get("ext")
+    if not ext:
+        path = str(entry.get("url") or "").split("?")[0]
+        ext = path.rsplit(".", 1)[-1] if "." in path.rsplit("/", 1)[-1] else ""
+    return str(ext).lower()
+
+
+def choose_captions(
+    subtitles: dict[str, list[dict[str, Any]]] | None,
+    automatic: dict[str, list[dict[str, Any]]] | None,
+    langs: list[str],
+    formats: list[str],
+) -> CaptionChoice | None:
+    """Manual captions first (the listed languages, then any regional variant
+    such as `en-GB`), automatic captions of exactly the listed languages as the
+    fallback (`en-orig` is YouTube's untranslated ASR track). Within a track
+    the first of `formats` that is offered."""
+    allowed = [f for f in formats if f in CAPTION_EXTS] or list(CAPTION_EXTS)
+
+    def pick(tracks: dict[str, list[dict[str, Any]]], lang: str) -> str | None:
+        offered = {_track_ext(e) for e in tracks.get(lang) or []}
+        return next((f for f in allowed if f in offered), None)
+
+    manual = {k: v for k, v in (subtitles or {}).items() if k and k != "live_chat"}
+    bases = {lang.split("-")[0] for lang in langs}
+    manual_order = [lang for lang in langs if lang in manual]
+    manual_order += sorted(k for k in manual if k not in manual_order and k.split("-")[0] in bases)
+    for lang in manual_order:
+        ext = pick(manual, lang)
+        if ext:
+            return CaptionChoice(lang, "manual", ext)
+    auto = automatic or {}
+    for lang in langs:
+        ext = pick(auto, lang)
+        if ext:
+            return CaptionChoice(lang, "automatic", ext)
+    return None
+
+
+def youtube_url(video_id: str) -> str:
+    """Watch URL of a YouTube id (validated first, so it cannot smuggle a path or query)."""
+    return YOUTUBE_WATCH.format(validate_video_id(video_id))
+
+
+def backoff_s(attempt: int, params: DownloadParams) -> float:
+    """Exponential backoff: sleep_interval_s * 2**attempt, capped at max_sleep_interval_s."""
+    return float(min(params.max_sleep_interval_s, params.sleep_interval_s * (2 ** attempt)))
+
+
+# -- yt-dlp plumbing ---------------------------------------------------------------
+class _YdlLogger:
+    """Routes yt-dlp's messages to logging and keeps the last errors for our message."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    def debug(self, msg: str) -> None:
+        log.debug(msg)
+
+    def info(self, msg: str) -> None:
+        log.debug(msg)
+
+    def warning(self, msg: str) -> None:
+        log.warning(msg)
+
+    def error(self, msg: str) -> None:
+        self.errors.append(msg)
+        log.debug(msg)
+
+
+def _format_selector(min_height: int):
+    def selector(ctx: dict[str, Any]):
+        chosen = select_format(ctx["formats"], min_height)
+        if chosen is not None:
+            yield chosen
+
+    return selector
+
+
+def ydl_options(
+    params: DownloadParams,
+    *,
+    archive: set[str],
+    logger: _YdlLogger,
+    outdir: Path | None = None,
+    video_id: str | None = None,
+    caption: CaptionChoice | None = None,
+    cachedir: str | None = None,
+) -> dict[str, Any]:
+    """The yt-dlp options for one video (metadata only when `outdir` is None)."""
+    retry_sleep = lambda n: backoff_s(n, params)  # noqa: E731 (yt-dlp wants a callable)
+    opts: dict[str, Any] = {
+        "format": _format_selector(params.min_height),
+        "noplaylist": True,
+        "quiet": True,
+        "noprogress": True,
+        "logger": logger,
+        "retries": params.retries,
+        "fragment_retries": params.retries,
+        "extractor_retries": params.retries,
+        "retry_sleep_functions": {"http": retry_sleep, "fragment": retry_sleep, "extractor": retry_sleep},
+        "sleep_interval_requests": params.sleep_requests_s,
+        "sleep_interval": params.sleep_interval_s,
+        "max_sleep_interval": max(params.max_sleep_interval_s, params.sleep_interval_s),
+        "sleep_interval_subtitles": params.sleep_requests_s,
+        "socket_timeout": 30,
+        "download_archive": archive,  # a set: yt-dlp reads it, we persist it (module doc)
+        "ffmpeg_location": ffmpeg_exe(),
+        "js_runtimes": dict(JS_RUNTIMES),
+        "cachedir": cachedir if cachedir is not None else False,
+        "overwrites": True,
+        "continuedl": False,
+    }
+    if outdir is None:
+        opts["skip_download"] = True
+        return opts
+    assert video_id is not None and caption is not None
+    # Files are named by the validated id, never by a title.
+    opts["outtmpl"] = {"default": str(outdir / f"{video_id}.%(ext)s")}
+    opts["writesubtitles"] = caption.kind == "manual"
+    opts["writeautomaticsub"] = caption.kind == "automatic"
+    opts["subtitleslangs"] = [caption.lang]
+    opts["subtitlesformat"] = caption.ext
+    return opts
+
+
+def _http_status(exc: BaseException) -> int | None:
+    """The HTTP status behind a yt-dlp error, if any (walks causes, then the text)."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        status = getattr(cur, "status", None) or getattr(getattr(cur, "response", None), "status", None)
+        if isinstance(status, int):
+            return status
+        exc_info = getattr(cur, "exc_info", None)
+        nxt = getattr(cur, "cause", None) or (exc_info[1] if exc_info else None) or cur.__cause__
+        cur = nxt if isinstance(nxt, BaseException) else None
+    m = re.search(r"HTTP Error (\d{3})", str(exc))
+    return int(m.group(1)) if m else None
+
+
+def _is_transient(exc: BaseException) -> bool:
+    status = _http_status(exc)
+    if status is not None:
+        return status in _TRANSIENT_STATUS
+    text = str(exc).lower()
+    return any(s in text for s in ("timed out", "connection reset", "temporarily", "connection refused",
+                                   "remote end closed", "incompleteread"))
+
+
+def _clean_message(exc: BaseException) -> str:
+    msg = str(exc).replace("\x1b[0;31mERROR:\x1b[0m ", "").strip()
+    return msg.removeprefix("ERROR: ")
+
+
+# -- archive -------------------------------------------------------------------------
+def _archive_path(catalog: Catalog) -> Path:
+    return Path(catalog.artifact("download_archive"))
+
+
+def load_archive(catalog: Catalog) -> set[str]:
+    """The download archive's lines (`<extractor> <id>`, yt-dlp's format)."""
+    path = _archive_path(catalog)
+    if not path.exists():
+        return set()
+    return {line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
+
+
+def _record_archive(catalog: Catalog, archive_id: str) -> None:
+    from yt_dlp.utils import locked_file
+
+    path = _archive_path(catalog)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if archive_id in load_archive(catalog):
+        return
+    with locked_file(str(path), "a", encoding="utf-8") as f:  # yt-dlp's lock: safe with its CLI
+        f.write(archive_id + "\n")
+
+
+def _archive_id(info: dict[str, Any]) -> str:
+    key = info.get("extractor_key") or info.get("ie_key") or "generic"
+    return f"{str(key).lower()} {info['id']}"
+
+
+# -- probing -------------------------------------------------------------------------
+def probe_video(path: str | os.PathLike) -> tuple[int | None, int | None, float | None]:
+    """(width, height, duration_s) read from ffmpeg's stream header (no ffprobe in imageio-ffmpeg)."""
+    proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path)],
+                          capture_output=True, timeout=60)
+    text = proc.stderr.decode(errors="replace")
+    width = height = duration = None
+    m = re.search(r"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)", text)
+    if m:
+        duration = int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3))
+    m = re.search(r"Stream #\S+.*?Video: .*?(\d{2,5})x(\d{2,5})", text)
+    if m:
+        width, height = int(m.group(1)), int(m.group(2))
+    return width, height, duration
+
+
+# -- the stage -------------------------------------------------------------------------
+def _require_local(catalog: Catalog, video_id: str | None) -> None:
+    if not is_local(catalog.root):
+        # yt-dlp writes local files; download to a local data root, then sync.
+        raise StageError(STAGE, video_id, f"download needs a local data_root, got {catalog.root!r}")
+
+
+def _finished(catalog: Catalog, video_id: str) -> dict[str, Any] | None:
+    """info.json of a finished download whose video file is in place, else None."""
+    info_path = Path(catalog.artifact("info", video_id))
+    if not info_path.exists():
+        return None
+    try:
+        info = read_json(info_path)
+    except (OSError, ValueError):
+        return None
+    video_file = info.get("video_file")
+    if video_file and (Path(catalog.artifact("raw_dir", video_id)) / video_file).is_file():
+        return info
+    return None
+
+
+def _cleanup(staging: Path | None, video_dir: Path, created: bool) -> None:
+    if staging is not None:
+        shutil.rmtree(staging, ignore_errors=True)
+    if created and video_dir.exists() and not any(video_dir.iterdir()):
+        video_dir.rmdir()
+
+
+def _install(catalog: Catalog, video_id: str, staging: Path, info_json: dict[str, Any]) -> None:
+    """Swap the staging folder into raw_dir and write info.json (the 'done' marker) last."""
+    raw_dir = Path(catalog.artifact("raw_dir", video_id))
+    info_path = Path(catalog.artifact("info", video_id))
+    if info_path.exists():  # never leave an old marker next to new files
+        info_path.unlink()
+    if raw_dir.exists():
+        shutil.rmtree(raw_dir)
+    os.replace(staging, raw_dir)
+    atomic_write_json(info_path, info_json)
+
+
+def _skipped(video_id: str | None, source: str, reason: str) -> dict[str, Any]:
+    return {"video_id": video_id, "status": "skipped", "reason": reason, "source": source}
+
+
+def run_download(
+    catalog: Catalog,
+    video_id: str | None = None,
+    url: str | None = None,
+    *,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Download one video (a YouTube `video_id`, or any `url` yt-dlp supports) with
+    its English captions into `raw_dir`, write `info.json`, record the archive.
+
+    Returns a summary: {"video_id", "status": "downloaded"|"skipped", "source",
+    "caption_kind", "caption_lang", "video_file", "bytes", "attempts"}. Raises
+    StageError("download", video_id, ...) for bad ids, HTTP errors (404 at once;
+    429/5xx after `retries` attempts with backoff), missing English captions;
+    nothing is left in raw_dir then. `force` ignores the archive and finished files."""
+    import yt_dlp
+
+    params = catalog.stages.download
+    if video_id is None and url is None:
+        raise StageError(STAGE, None, "give a video_id (YouTube) or a url")
+    if video_id is not None:
+        try:
+            validate_video_id(video_id)
+        except InvalidVideoId as e:
+            raise StageError(STAGE, video_id, str(e)) from None
+    _require_local(catalog, video_id)
+    source = "url" if url is not None else "youtube"
+    target = url if url is not None else youtube_url(video_id)
+    if url is not None and not re.match(r"^https?://", url):
+        raise StageError(STAGE, video_id, f"not an http(s) URL: {url!r}")
+
+    if video_id is not None and not force and _finished(catalog, video_id):
+        return _skipped(video_id, source, "already downloaded")
+
+    archive = set() if force else load_archive(catalog)
+    cachedir = str(Path(catalog.root) / ".cache" / "yt-dlp")
+    budget = limiter("youtube" if source == "youtube" else "download", params.rate_limit_per_minute)
+    last_exc: BaseException | None = None
+    last_vid = video_id
+    attempts = params.retries + 1
+    for attempt in range(attempts):
+        if attempt:
+            time.sleep(backoff_s(attempt - 1, params))
+        budget.acquire()
+        logger = _YdlLogger()
+        staging: Path | None = None
+        video_dir: Path | None = None
+        created = False
+        vid = video_id
+        try:
+            # 1. metadata only: pick captions before fetching any media.
+            with yt_dlp.YoutubeDL(ydl_options(params, archive=archive, logger=logger, cachedir=cachedir)) as ydl:
+                info = ydl.extract_info(target, download=False)
+                if info is None:  # yt-dlp skipped a recorded id before any request
+                    return _skipped(video_id, source, "in download archive")
+                if info.get("_type") in ("playlist", "multi_video"):
+                    entries = [e for e in info.get("entries") or [] if e]
+                    if len(entries) != 1:
+                        raise StageError(STAGE, video_id, f"{target} is a playlist of {len(entries)} videos; "
+                                                          "give one video URL")
+                    info = entries[0]
+                if vid is None:
+                    vid = sanitize_video_id(str(info.get("id") or ""))
+                if ydl.in_download_archive(info):
+                    return _skipped(vid, source, "in download archive")
+            if str(info.get("extractor_key", "")).lower() == "youtube":
+                source = "youtube"
+            if vid is not None and not force and video_id is None and _finished(catalog, vid):
+                return _skipped(vid, source, "already downloaded")
+            caption = choose_captions(info.get("subtitles"), info.get("automatic_captions"),
+                                      params.caption_langs, params.caption_formats)
+            if caption is None:
+                offered = sorted(set(info.get("subtitles") or {}) | set(info.get("automatic_captions") or {}))
+                raise StageError(STAGE, vid, f"no English captions ({'/'.join(params.caption_langs)}) "
+                                             f"in {'/'.join(params.caption_formats)}; offered: {offered or 'none'}")
+
+            # 2. download into a staging folder next to raw_dir, then rename.
+            raw_dir = Path(catalog.artifact("raw_dir", vid))
+            video_dir = raw_dir.parent
+            created = not video_dir.exists()
+            video_dir.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=".raw.tmp-", dir=video_dir))
+            opts = ydl_options(params, archive=set(), logger=logger, outdir=staging, video_id=vid,
+                               caption=caption, cachedir=cachedir)
+            with yt_dlp.YoutubeDL(opts) as ydl:
+                done = ydl.process_ie_result(info, download=True)
+                archive_id = ydl._make_archive_id(done) if hasattr(ydl, "_make_archive_id") else _archive_id(done)
+            info_json = _check_and_describe(vid, staging, done, caption, source, target)
+            _install(catalog, vid, staging, info_json)
+            staging = None
+            _record_archive(catalog, archive_id or _archive_id(done))
+            size = (raw_dir / info_json["video_file"]).stat().st_size
+            return {"video_id": vid, "status": "downloaded", "source": source,
+                    "caption_kind": caption.kind, "caption_lang": caption.lang,
+                    "video_file": info_json["video_file"], "bytes": size, "attempts": attempt + 1}
+        except StageError:
+            if video_dir is not None:
+                _cleanup(staging, video_dir, created)
+            raise
+        except Exception as exc:  # yt-dlp's DownloadError and friends
+            if video_dir is not None:
+                _cleanup(staging, video_dir, created)
+            last_exc, last_vid = exc, vid
+            if not _is_transient(exc):
+                raise StageError(STAGE, vid, _clean_message(exc)) from exc
+            log.warning("download %s: attempt %d/%d failed (%s)", vid or target, attempt + 1, attempts,
+                        _clean_message(exc))
+    raise StageError(STAGE, last_vid, f"gave up after {attempts} attempts: {_clean_message(last_exc)}")
+
+
+def _check_and_describe(video_id: str, staging: Path, done: dict[str, Any], caption: CaptionChoice,
+                        source: str, url: str) -> dict[str, Any]:
+    """Final check (the video and the caption file exist and are not empty) and info.json."""
+    paths = [Path(d["filepath"]) for d in done.get("requested_downloads") or [] if d.get("filepath")]
+    video = next((p for p in paths if p.parent == staging and p.is_file() and p.stat().st_size > 0), None)
+    if video is None:
+        raise StageError(STAGE, video_id, "yt-dlp finished but no video file was written")
+    subs = done.get("requested_subtitles") or {}
+    sub_path = (subs.get(caption.lang) or {}).get("filepath")
+    sub_file = Path(sub_path) if sub_path else staging / f"{video_id}.{caption.lang}.{caption.ext}"
+    if not sub_file.is_file() or sub_file.stat().st_size == 0:
+        raise StageError(STAGE, video_id, f"caption track {caption.lang} ({caption.kind}) was not written")
+    width, height = done.get("width"), done.get("height")
+    duration = done.get("duration")
+    if not (width and height) or not duration:
+        pw, ph, pd = probe_video(video)
+        width, height, duration = width or pw, height or ph, duration or pd
+    return {
+        "id": video_id,
+        "title": done.get("title"),
+        "channel": done.get("channel") or done.get("uploader"),
+        "duration": duration,
+        "url": done.get("webpage_url") or url,
+        "source": source,
+        "caption_kind": caption.kind,
+        "caption_lang": caption.lang,
+        "caption_file": sub_file.name,
+        "video_file": video.name,
+        "width": width,
+        "height": height,
+    }
+
+
+# -- local folders -------------------------------------------------------------------
+@dataclass(frozen=True)
+class LocalVideo:
+    video_id: str
+    video_path: Path
+    caption_path: Path | None
+
+
+def _find_caption(video: Path) -> Path | None:
+    """`<stem>.en.vtt` / `.en.srt` / `.en.json3`, then `<stem>.vtt` etc. (contract order)."""
+    for lang in ("en.", "en-orig.", ""):
+        for ext in CAPTION_EXTS:
+            cand = video.with_name(f"{video.stem}.{lang}{ext}")
+            if cand.is_file():
+                return cand
+    return None
+
+
+def scan_local_folder(folder: str | os.PathLike) -> list[LocalVideo]:
+    """Videos (.mp4/.mkv/.webm/.mov) in `folder` with their caption file (or None)."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise StageError(STAGE, None, f"local folder not found: {root}")
+    found = []
+    for p in sorted(root.iterdir()):
+        if p.is_file() and p.suffix.lower() in VIDEO_EXTS:
+            found.append(LocalVideo(sanitize_video_id(p.stem), p, _find_caption(p)))
+    return found
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)  # no copy of a large file when on the same disk
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def import_local_video(catalog: Catalog, video_path: str | os.PathLike,
+                       caption_path: str | os.PathLike | None, video_id: str | None = None,
+                       *, force: bool = False) -> str:
+    """Hard-link (or copy) one local video and its caption file into raw_dir and
+    write info.json with source "local". Returns the video id."""
+    video_path = Path(video_path)
+    vid = video_id or sanitize_video_id(video_path.stem)
+    try:
+        validate_video_id(vid)
+    except InvalidVideoId as e:
+        raise StageError(STAGE, vid, str(e)) from None
+    _require_local(catalog, vid)
+    if not video_path.is_file():
+        raise StageError(STAGE, vid, f"video file not found: {video_path}")
+    if caption_path is None or not Path(caption_path).is_file():
+        raise StageError(STAGE, vid, f"no caption file next to {video_path.name} "
+                                     f"(expected {video_path.stem}.en.vtt/.en.srt/.en.json3)")
+    caption_path = Path(caption_path)
+    if not force and _finished(catalog, vid):
+        return vid
+    width, height, duration = probe_video(video_path)
+    if not (width and height):
+        raise StageError(STAGE, vid, f"{video_path.name} has no readable video stream")
+    raw_dir = Path(catalog.artifact("raw_dir", vid))
+    video_dir = raw_dir.parent
+    created = not video_dir.exists()
+    video_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".raw.tmp-", dir=video_dir))
+    try:
+        video_name = f"{vid}{video_path.suffix.lower()}"
+        # "<stem>.en.vtt" -> lang "en"; "<stem>.vtt" -> no language tag.
+        tail = caption_path.name[len(video_path.stem):] if caption_path.name.startswith(video_path.stem) \
+            else "." + caption_path.name.split(".", 1)[-1]
+        parts = tail.lstrip(".").split(".")
+        lang = parts[0] if len(parts) == 2 and re.fullmatch(r"[A-Za-z0-9-]{1,16}", parts[0]) else None
+        caption_name = f"{vid}.{lang + '.' if lang else ''}{parts[-1].lower()}"
+        _link_or_copy(video_path, staging / video_name)
+        _link_or_copy(caption_path, staging / caption_name)
+        info_json = {
+            "id": vid, "title": video_path.stem, "channel": None, "duration": duration,
+            "url": video_path.resolve().as_uri(), "source": "local",
+            # User-supplied caption files count as manual captions.
+            "caption_kind": "manual", "caption_lang": lang or "en", "caption_file": caption_name,
+            "video_file": video_name, "width": width, "height": height,
+        }
+        _install(catalog, vid, staging, info_json)
+    except BaseException:
+        _cleanup(staging, video_dir, created)
+        raise
+    return vid
+
+
+def import_local_folder(catalog: Catalog, folder: str | os.PathLike, *, strict: bool = False) -> list[str]:
+    """Import every video of `folder` (see `scan_local_folder`); returns the ids
+    imported. A video that fails (no caption file, unreadable, an id clash) is
+    logged and skipped so the others go on; `strict=True` raises its StageError."""
+    imported: list[str] = []
+    seen: dict[str, Path] = {}
+    for item in scan_local_folder(folder):
+        try:
+            if item.video_id in seen:
+                raise StageError(STAGE, item.video_id, f"{item.video_path.name} and {seen[item.video_id].name} "
+                                                       "map to the same video id")
+            seen[item.video_id] = item.video_path
+            imported.append(import_local_video(catalog, item.video_path, item.caption_path, item.video_id))
+        except StageError as e:
+            if strict:
+                raise
+            log.warning("%s", e)
+    return imported

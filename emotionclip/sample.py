@@ -1,7 +1,16 @@
-"""Synthetic media for tests, benchmarks and the demo corpus (generated with ffmpeg lavfi)."""
+"""Synthetic media for tests, benchmarks and the demo corpus (generated with ffmpeg).
+
+`make_test_video` draws lavfi test patterns. `make_sample_corpus` builds a tiny
+corpus in the local-folder layout (`<stem>.mp4` + `<stem>.en.vtt`) with people
+in frame (the two photos shipped inside the ultralytics package, panned so the
+frames move) and English captions of emotional and neutral sentences, some
+too short or too long for the clip filter. Everything is deterministic.
+"""
 
 from __future__ import annotations
 
+import random
+from dataclasses import dataclass
 from pathlib import Path
 
 from emotionclip.ffmpeg import run_ffmpeg
@@ -16,13 +25,195 @@ def make_test_video(
     fps: float = 25,
     source: str = "testsrc2",
     codec: str = "libx264",
+    vf: str | None = None,
 ) -> Path:
-    """Write a synthetic video (lavfi `source`) of the given size and length."""
+    """Write a synthetic video (lavfi `source`, then the optional filter chain `vf`)
+    of the given size and length."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     vcodec = ["-c:v", codec, "-pix_fmt", "yuv420p", "-preset", "ultrafast"] if codec == "libx264" else ["-c:v", codec]
     run_ffmpeg([
         "-y", "-f", "lavfi", "-i", f"{source}=size={width}x{height}:rate={fps}:duration={duration_s}",
-        *vcodec, str(path),
+        *(["-vf", vf] if vf else []), *vcodec, str(path),
     ])
     return path
+
+
+# -- sample corpus ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Line:
+    text: str
+    duration_s: float
+    kind: str  # an emotion, "neutral", "sound", "too_short" or "too_long"
+
+
+# One script per video. Durations are what the sentence lasts in the captions.
+# Clip filter (DESIGN.md section 4): 2 s < duration < 10 s.
+SCRIPTS: tuple[tuple[str, tuple[Line, ...]], ...] = (
+    # Manual captions, punctuation kept.
+    ("vtt", (
+        Line("I can't believe you lied to me again, I'm so angry right now!", 4.5, "anger"),
+        Line("Okay.", 0.8, "too_short"),
+        Line("This is the happiest day of my whole life, thank you so much!", 4.0, "joy"),
+        Line("Please listen to me, because I need to explain everything that happened last week, "
+             "from the moment I left the office until the moment I came back home.", 10.6, "too_long"),
+    )),
+    # YouTube-style automatic captions: rolling cues, word tags, no punctuation.
+    ("auto_vtt", (
+        Line("i'm so scared i think someone is in the house", 3.5, "fear"),
+        Line("the meeting is on tuesday at ten in room four", 3.0, "neutral"),
+        Line("i miss her so much i can't stop crying every night", 4.5, "sadness"),
+        Line("wow i never expected to see you here", 2.8, "surprise"),
+        Line("hi there", 1.2, "too_short"),
+        Line("that smell is disgusting get it away from me", 3.5, "disgust"),
+    )),
+    # Manual captions with the markup real files carry (speaker labels, tags, entities, sound tags).
+    ("vtt", (
+        Line("[Music]", 1.5, "sound"),
+        Line("&gt;&gt; MARK: You ruined everything, I hate you for this!", 4.0, "anger"),
+        Line("<i>Please, just go away.</i>", 2.2, "sadness"),
+        Line("I put the keys on the table next to the lamp.", 3.0, "neutral"),
+        Line("We won! Mom &amp; Dad will be so proud of us!", 3.5, "joy"),
+        Line("No.", 0.6, "too_short"),
+        Line("Oh my god, what is that thing over there?", 2.5, "fear"),
+    )),
+)
+
+# Pan paths over the two photos (people stay in frame):
+# (image, zoom over the frame size, scale filter, crop x, crop y).
+_SHOTS = (
+    ("zidane.jpg", 1.15, "scale=-2:{h2}", "(iw-ow)*(0.5+0.5*sin(2*PI*t/9))", "(ih-oh)*(0.5+0.5*sin(2*PI*t/6))"),
+    ("bus.jpg", 1.15, "scale={w2}:-2", "(iw-ow)*(0.5+0.5*sin(2*PI*t/7))", "(ih-oh)*(0.45+0.4*sin(2*PI*t/11))"),
+    ("zidane.jpg", 1.5, "scale=-2:{h2}", "(iw-ow)*(0.5-0.5*cos(2*PI*t/12))", "(ih-oh)*(0.3+0.3*sin(2*PI*t/5))"),
+)
+
+_START_S = 0.5  # first sentence starts here
+_GAP_S = 0.4  # silence between sentences
+
+
+def _asset(name: str) -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("ultralytics")
+    if spec is None or not spec.origin:
+        raise RuntimeError("the sample corpus needs the ultralytics package (its bundled photos)")
+    path = Path(spec.origin).parent / "assets" / name
+    if not path.exists():
+        raise RuntimeError(f"ultralytics ships no {path}")
+    return path
+
+
+def _ts(t: float) -> str:
+    ms = int(round(t * 1000))
+    h, rem = divmod(ms, 3_600_000)
+    m, rem = divmod(rem, 60_000)
+    return f"{h:02d}:{m:02d}:{rem // 1000:02d}.{rem % 1000:03d}"
+
+
+def _layout(script: tuple[Line, ...], duration_s: float) -> list[tuple[float, float, Line]]:
+    """Place the lines one after another; drop those that do not fit the video."""
+    out, t = [], _START_S
+    for line in script:
+        if t + line.duration_s > duration_s - 0.1:
+            break
+        out.append((t, t + line.duration_s, line))
+        t += line.duration_s + _GAP_S
+    return out
+
+
+def sample_script(i: int, duration_s: float = 24.0) -> tuple[str, list[tuple[float, float, Line]]]:
+    """Caption kind ("vtt" or "auto_vtt") and the timed lines (start, end, line) of sample video i."""
+    kind, script = SCRIPTS[i % len(SCRIPTS)]
+    return kind, _layout(script, duration_s)
+
+
+def _word_times(text: str, start: float, end: float, rng: random.Random) -> list[tuple[str, float]]:
+    """Word start times inside [start, end], longer words taking longer (with jitter)."""
+    words = text.split()
+    weights = [len(w) + 2 + rng.uniform(0, 1.5) for w in words]
+    total = sum(weights)
+    times, t = [], start
+    for w, wt in zip(words, weights):
+        times.append((w, round(t, 3)))
+        t += (end - start) * wt / total
+    return times
+
+
+def _manual_vtt(cues: list[tuple[float, float, Line]]) -> str:
+    out = ["WEBVTT", "Kind: captions", "Language: en", ""]
+    for i, (s, e, line) in enumerate(cues, 1):
+        out += [str(i), f"{_ts(s)} --> {_ts(e)}", line.text, ""]
+    return "\n".join(out)
+
+
+def _rolling_vtt(cues: list[tuple[float, float, Line]], rng: random.Random, words_per_line: int = 6) -> str:
+    """YouTube's automatic WebVTT: each cue shows the previous line again plus the
+    new line, whose words after the first carry `<time><c> word</c>` tags; a 10 ms
+    cue with the finished line sits between them."""
+    words: list[tuple[str, float, float]] = []
+    for s, e, line in cues:
+        ws = _word_times(line.text, s, e, rng)
+        words += [(w, t, e) for w, t in ws]
+    lines = [words[i:i + words_per_line] for i in range(0, len(words), words_per_line)]
+    out = ["WEBVTT", "Kind: captions", "Language: en", ""]
+    prev = " "
+    for i, ln in enumerate(lines):
+        start = ln[0][1]
+        end = lines[i + 1][0][1] - 0.01 if i + 1 < len(lines) else ln[-1][2]
+        tagged = ln[0][0] + "".join(f"<{_ts(t)}><c> {w}</c>" for w, t, _ in ln[1:])
+        out += [f"{_ts(start)} --> {_ts(end)} align:start position:0%", prev, tagged, ""]
+        plain = " ".join(w for w, _, _ in ln)
+        out += [f"{_ts(end)} --> {_ts(end + 0.01)} align:start position:0%", plain, " ", ""]
+        prev = plain
+    return "\n".join(out)
+
+
+def _write_video(path: Path, image: Path, shot: tuple[str, float, str, str, str], duration_s: float,
+                 width: int, height: int, fps: int) -> None:
+    _, zoom, scale, x, y = shot
+    # Scale the photo larger than the frame, then pan a frame-sized window over it.
+    scale = scale.format(w2=int(width * zoom) // 2 * 2, h2=int(height * zoom) // 2 * 2)
+    n = int(round(duration_s * fps))
+    # Decode the photo once and repeat it (loop filter), instead of -loop 1 re-decoding it per frame.
+    vf = (f"{scale},loop=loop={n - 1}:size=1:start=0,setpts=N/{fps}/TB,"
+          f"crop={width}:{height}:x='{x}':y='{y}',setsar=1,format=yuv420p")
+    tmp = path.with_name(f".{path.name}.tmp.mp4")
+    run_ffmpeg(["-y", "-i", str(image), "-vf", vf, "-frames:v", str(n), "-r", str(fps),
+                "-c:v", "libx264", "-preset", "ultrafast", "-g", str(2 * fps), "-pix_fmt", "yuv420p",
+                "-map_metadata", "-1", "-fflags", "+bitexact", "-flags:v", "+bitexact", str(tmp)])
+    tmp.replace(path)
+
+
+def make_sample_corpus(
+    folder: str | Path,
+    n_videos: int = 3,
+    duration_s: float = 24.0,
+    *,
+    width: int = 320,
+    height: int = 240,
+    fps: int = 25,
+    seed: int = 0,
+) -> list[Path]:
+    """Write `n_videos` short videos with people in frame plus English captions
+    (`<stem>.mp4` + `<stem>.en.vtt`, the local-folder layout) into `folder`;
+    return the video paths. Video i uses script i % 3: manual captions with
+    punctuation, rolling automatic captions without, manual with markup."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    videos = []
+    for i in range(n_videos):
+        kind, cues = sample_script(i, duration_s)
+        shot = _SHOTS[i % len(_SHOTS)]
+        stem = f"sample_{i:02d}"
+        rng = random.Random(seed * 1000 + i)
+        text = _rolling_vtt(cues, rng) if kind == "auto_vtt" else _manual_vtt(cues)
+        caption = folder / f"{stem}.en.vtt"
+        tmp = caption.with_name(f".{caption.name}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(caption)
+        video = folder / f"{stem}.mp4"
+        _write_video(video, _asset(shot[0]), shot, duration_s, width, height, fps)
+        videos.append(video)
+    return videos

@@ -1,0 +1,439 @@
+"""Frames stage: a video -> every frame at 8 FPS, smaller edge 256, as JPEGs in
+one random-access file per video (an uncompressed zip, members 000000.jpg ...).
+
+Frame `k` is the frame ffmpeg's `fps` filter emits for time `k / fps` s: the
+first stored frame is index 0 at t=0. (The authors' code wrote files numbered
+from 1 and indexed them from 0, shifting every clip by one frame; we do not.)
+
+One ffmpeg process decodes, resamples, scales and JPEG-encodes; Python only
+splits the JPEG stream from the pipe and appends it to the zip, so memory is
+flat however long the video is. `iter_frames` decodes the same frames (same
+filter, same count, same timestamps) at full resolution for detection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import subprocess
+import tempfile
+import threading
+import zipfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+from PIL import Image
+
+from emotionclip.ffmpeg import FFmpegError, ffmpeg_exe, probe_video, stderr_tail
+
+FPS = 8  # paper: frames sampled at 8 FPS
+SHORT_EDGE = 256  # paper: smaller edge resized to 256, aspect kept
+JPEG_QUALITY = 3  # ffmpeg -q:v (2 best .. 31 worst); visually lossless at 256 px
+FORMAT = "emotionclip-frames/1"
+
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed member dates: identical input -> identical file
+_CHUNK = 1 << 20
+
+
+class FrameError(RuntimeError):
+    """A video from which no (or not all) frames could be decoded."""
+
+
+# -- ffmpeg command lines ----------------------------------------------------
+
+def frame_filter(fps: int = FPS, short_edge: int | None = SHORT_EDGE) -> str:
+    """The -vf chain: resample to `fps` first (cheaper, and the same frame choice
+    with or without scaling), then scale so the smaller *displayed* edge is
+    `short_edge` (upscaling small sources too). `iw*sar` is the displayed width,
+    so anamorphic sources keep their aspect; setsar=1 makes pixels square.
+
+    fps options: `start_time=0` anchors slot 0 at t=0 even when the first video
+    frame starts later (edit lists, audio-first files), so index k always means
+    k/fps s; `round=up` makes slot k the frame on screen at k/fps (latest frame
+    with pts <= k/fps) instead of ffmpeg's default `near` (on screen at
+    (k + 0.5)/fps)."""
+    chain = f"fps={fps}:round=up:start_time=0"
+    if short_edge:
+        s = int(short_edge)
+        w = f"if(gte(iw*sar,ih),round({s}*iw*sar/ih),{s})"
+        h = f"if(gte(iw*sar,ih),{s},round({s}*ih/(iw*sar)))"
+        chain += f",scale=w='{w}':h='{h}',setsar=1"
+    return chain
+
+
+def _input_args(video_path: str) -> list[str]:
+    return ["-hide_banner", "-nostdin", "-nostats", "-v", "error", "-i", video_path,
+            "-map", "0:v:0", "-an", "-sn", "-dn", "-fps_mode", "passthrough"]
+
+
+def jpeg_ffmpeg_args(video_path: str, fps: int = FPS, short_edge: int = SHORT_EDGE,
+                     jpeg_quality: int = JPEG_QUALITY, output: str = "-") -> list[str]:
+    """Arguments (after the executable) that write the stored JPEG frames to `output`."""
+    return [*_input_args(video_path), "-vf", frame_filter(fps, short_edge),
+            "-c:v", "mjpeg", "-q:v", str(jpeg_quality), "-f", "image2pipe", output]
+
+
+# -- streaming JPEG split -----------------------------------------------------
+
+def _jpeg_end(buf: bytearray, start: int) -> int:
+    """End offset of the JPEG beginning at `start`, or -1 if `buf` does not hold all of it.
+    Walks the header segments by length (their payload may contain any byte),
+    then finds EOI in the entropy-coded data, where 0xFF is always byte-stuffed
+    so FF D9 can only be the end marker."""
+    n = len(buf)
+    i = start + 2
+    while i + 4 <= n:
+        if buf[i] != 0xFF:
+            raise FrameError(f"corrupt JPEG stream from ffmpeg at byte {i}")
+        marker = buf[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:
+            i += 2
+            continue
+        seg_len = (buf[i + 2] << 8) | buf[i + 3]
+        if marker == 0xDA:  # start of scan: entropy-coded data follows the header
+            end = buf.find(b"\xff\xd9", i + 2 + seg_len)
+            return -1 if end < 0 else end + 2
+        i += 2 + seg_len
+    return -1
+
+
+def _iter_jpegs(stream) -> Iterator[bytes]:
+    """Split the concatenated JPEGs of an image2pipe stream, holding at most one
+    read chunk plus one frame in memory."""
+    buf = bytearray()
+    while True:
+        data = stream.read1(_CHUNK)
+        if data:
+            buf += data
+        pos = 0
+        while len(buf) - pos >= 4:
+            if buf[pos] != 0xFF or buf[pos + 1] != 0xD8:
+                raise FrameError("ffmpeg output is not a JPEG stream")
+            end = _jpeg_end(buf, pos)
+            if end < 0:
+                break
+            yield bytes(buf[pos:end])
+            pos = end
+        if pos:
+            del buf[:pos]  # bytearray drops a prefix without copying the rest
+        if not data:
+            if buf:
+                raise FrameError(f"ffmpeg output ended inside a JPEG ({len(buf)} bytes left)")
+            return
+
+
+def _jpeg_size(jpeg: bytes) -> tuple[int, int]:
+    with Image.open(io.BytesIO(jpeg)) as im:
+        return im.size
+
+
+class _Ffmpeg:
+    """An ffmpeg process writing to a pipe; stderr goes to a temp file (no pipe
+    deadlock, no memory growth). Killed on exit unless it finished."""
+
+    def __init__(self, args: list[str]):
+        self._err = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen([ffmpeg_exe(), *args], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=self._err, bufsize=0)
+        self.stdout = io.BufferedReader(self.proc.stdout, buffer_size=_CHUNK)
+
+    def finish(self) -> tuple[int, str]:
+        rc = self.proc.wait()
+        self._err.seek(0)
+        return rc, stderr_tail(self._err.read())
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.proc.stdout.close()
+        self._err.close()
+
+
+# -- extraction ---------------------------------------------------------------
+
+def _check_complete(video_path: str, n_frames: int, fps: int, duration_s: float, min_coverage: float) -> None:
+    """A truncated file whose index survived decodes without an ffmpeg error but
+    stops early; compare the frames we got with the container's duration."""
+    if n_frames == 0:
+        raise FrameError(f"{video_path}: no frames could be decoded")
+    if duration_s == duration_s and duration_s > 0:  # not NaN
+        expected = duration_s * fps
+        if n_frames < min_coverage * expected - fps:
+            raise FrameError(
+                f"{video_path}: truncated or corrupt: decoded {n_frames / fps:.1f} s of "
+                f"{duration_s:.1f} s ({n_frames} of ~{int(expected)} frames)")
+
+
+def extract_frames(
+    video_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    fps: int = FPS,
+    short_edge: int = SHORT_EDGE,
+    jpeg_quality: int = JPEG_QUALITY,
+    *,
+    metadata: dict[str, Any] | None = None,
+    min_coverage: float = 0.9,
+) -> dict[str, Any]:
+    """Decode `video_path` at `fps`, scale the smaller edge to `short_edge`, and
+    write the JPEGs to one uncompressed zip at `out_path` (atomically; local path
+    or fsspec URL). Returns {"n_frames", "width", "height", "duration_s", "fps"}.
+
+    Raises FrameError for a missing, corrupt, truncated or frame-less video
+    (fewer frames than `min_coverage` of the container's duration, minus one second)."""
+    from emotionclip.io import atomic_path
+
+    video_path = os.fspath(video_path)
+    try:
+        info = probe_video(video_path)
+    except FFmpegError as e:
+        raise FrameError(str(e)) from e
+
+    n = 0
+    width = height = 0
+    with atomic_path(out_path) as tmp:
+        ff = _Ffmpeg(jpeg_ffmpeg_args(video_path, fps, short_edge, jpeg_quality))
+        try:
+            with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+                for jpeg in _iter_jpegs(ff.stdout):
+                    if n == 0:
+                        width, height = _jpeg_size(jpeg)
+                    zf.writestr(zipfile.ZipInfo(f"{n:06d}.jpg", date_time=_ZIP_DATE), jpeg)
+                    n += 1
+                rc, log = ff.finish()
+                if rc != 0:
+                    raise FrameError(f"{video_path}: ffmpeg failed: {log}")
+                _check_complete(video_path, n, fps, info.duration_s, min_coverage)
+                summary = {"n_frames": n, "width": width, "height": height,
+                           "duration_s": info.duration_s, "fps": fps}
+                meta = {"format": FORMAT, **summary, "short_edge": short_edge,
+                        "jpeg_quality": jpeg_quality, **(metadata or {})}
+                zf.comment = json.dumps(meta, sort_keys=True).encode()
+        finally:
+            ff.close()
+    return summary
+
+
+def iter_frames(video_path: str | os.PathLike, fps: int = FPS) -> Iterator[np.ndarray]:
+    """Yield HxWx3 uint8 RGB frames at full (displayed) resolution: the same frames
+    as `extract_frames` stores (same fps filter, count and timestamps), streaming.
+
+    Frames come as PPM (raw RGB behind a tiny header) so each frame carries its
+    own size: nothing depends on parsing the probe log. Raises FrameError if the
+    video cannot be decoded or yields no frame."""
+    video_path = os.fspath(video_path)
+    if "://" not in video_path and not os.path.exists(video_path):
+        raise FrameError(f"{video_path}: file not found")
+    args = [*_input_args(video_path), "-vf", frame_filter(fps, None), "-pix_fmt", "rgb24",
+            "-c:v", "ppm", "-f", "image2pipe", "-"]
+    ff = _Ffmpeg(args)
+    n = 0
+    try:
+        out = ff.stdout
+        while True:
+            magic = out.readline()
+            if not magic:
+                break
+            dims = out.readline().split()
+            maxval = out.readline().strip()
+            if magic.strip() != b"P6" or len(dims) != 2 or maxval != b"255":
+                raise FrameError(f"{video_path}: unexpected frame header from ffmpeg")
+            w, h = int(dims[0]), int(dims[1])
+            frame = np.empty((h, w, 3), dtype=np.uint8)
+            view = memoryview(frame).cast("B")
+            got = 0
+            while got < len(view):
+                k = out.readinto(view[got:])
+                if not k:
+                    raise FrameError(f"{video_path}: ffmpeg output ended inside frame {n}")
+                got += k
+            n += 1
+            yield frame
+        rc, log = ff.finish()
+        if rc != 0:
+            raise FrameError(f"{video_path}: ffmpeg failed after {n} frames: {log}")
+        if n == 0:
+            raise FrameError(f"{video_path}: no frames could be decoded")
+    finally:
+        ff.close()
+
+
+# -- reading ------------------------------------------------------------------
+
+class FrameStore:
+    """Random access to a frames file: `len(store)`, `store[k]` -> PIL RGB image of
+    the frame at k/fps s, `store.get_many(indices)`, `store.size` -> (width, height).
+
+    Works on local paths and fsspec URLs: only the zip directory and the asked
+    members are read. Picklable (for DataLoader workers): each process opens its
+    own handle lazily."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path) if not isinstance(path, str) else path
+        self._zf: zipfile.ZipFile | None = None
+        self._fh = None
+        self._pid: int | None = None
+        self._lock = threading.Lock()
+        zf = self._zip()
+        infos = {}
+        for zi in zf.infolist():
+            stem, _, ext = zi.filename.partition(".")
+            if ext != "jpg" or not stem.isdigit():
+                raise ValueError(f"{self.path}: not a frame store (member {zi.filename!r})")
+            infos[int(stem)] = zi
+        if sorted(infos) != list(range(len(infos))):
+            raise ValueError(f"{self.path}: frame indices are not 0..{len(infos) - 1}")
+        self._infos = [infos[k] for k in range(len(infos))]
+        try:
+            self.metadata: dict[str, Any] = json.loads(zf.comment.decode() or "{}")
+        except ValueError:
+            self.metadata = {}
+        self._size: tuple[int, int] | None = None
+        if "width" in self.metadata and "height" in self.metadata:
+            self._size = (int(self.metadata["width"]), int(self.metadata["height"]))
+
+    def _zip(self) -> zipfile.ZipFile:
+        if self._zf is None or self._pid != os.getpid():
+            from emotionclip.io import open_file
+
+            self._fh = open_file(self.path, "rb")
+            self._zf = zipfile.ZipFile(self._fh, "r")
+            self._pid = os.getpid()
+        return self._zf
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.update(_zf=None, _fh=None, _pid=None, _lock=None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._infos)
+
+    @property
+    def fps(self) -> int:
+        return int(self.metadata.get("fps", FPS))
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the stored frames."""
+        if self._size is None:
+            self._size = self[0].size if len(self) else (0, 0)
+        return self._size
+
+    def _index(self, k: int) -> int:
+        k = int(k)
+        if k < 0:
+            k += len(self)
+        if not 0 <= k < len(self):
+            raise IndexError(f"frame {k} out of range (store has {len(self)} frames)")
+        return k
+
+    def read_bytes(self, k: int) -> bytes:
+        """The stored JPEG of frame k."""
+        info = self._infos[self._index(k)]
+        with self._lock:
+            return self._zip().read(info)
+
+    def __getitem__(self, k: int) -> Image.Image:
+        return _decode(self.read_bytes(k))
+
+    def get_many(self, indices: Iterable[int]) -> list[Image.Image]:
+        """Frames at `indices` (in that order); read in file order, each member once."""
+        idx = [self._index(k) for k in indices]
+        data: dict[int, bytes] = {}
+        with self._lock:
+            zf = self._zip()
+            for k in sorted(set(idx), key=lambda j: self._infos[j].header_offset):
+                data[k] = zf.read(self._infos[k])
+        return [_decode(data[k]) for k in idx]
+
+    def get_array(self, k: int) -> np.ndarray:
+        """Frame k as an HxWx3 uint8 array."""
+        return np.asarray(self[k])
+
+    def close(self) -> None:
+        if self._zf is not None:
+            self._zf.close()
+            self._fh.close()
+        self._zf = self._fh = None
+
+    def __enter__(self) -> "FrameStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"FrameStore({self.path!r}, n={len(self)}, size={self._size})"
+
+
+def _decode(jpeg: bytes) -> Image.Image:
+    im = Image.open(io.BytesIO(jpeg))
+    return im.convert("RGB") if im.mode != "RGB" else _loaded(im)
+
+
+def _loaded(im: Image.Image) -> Image.Image:
+    im.load()
+    return im
+
+
+# -- stage --------------------------------------------------------------------
+
+@contextlib.contextmanager
+def local_video(catalog, video_id: str, stage: str = "frames") -> Iterator[Path]:
+    """The raw video of `video_id` (info.json's `video_file` in raw_dir) as a local
+    path; a remote data root is copied to a temporary folder first. Missing
+    info or video -> StageError naming `stage`."""
+    from emotionclip.errors import StageError
+    from emotionclip.ids import validate_video_id
+    from emotionclip.io import exists, is_local, read_json
+
+    validate_video_id(video_id)
+    info_path = catalog.artifact("info", video_id)
+    if not exists(info_path):
+        raise StageError(stage, video_id, f"no info.json at {info_path} (run download first)")
+    info = read_json(info_path)
+    name = info.get("video_file")
+    # A file name inside raw_dir, never a path that could leave it.
+    if not name or name != os.path.basename(name) or name in (".", ".."):
+        raise StageError(stage, video_id, f"info.json has no valid video_file: {name!r}")
+    src = f"{catalog.artifact('raw_dir', video_id).rstrip('/')}/{name}"
+    if not exists(src):
+        raise StageError(stage, video_id, f"video file missing: {src}")
+    if is_local(src):
+        yield Path(src[len("file://"):] if src.startswith("file://") else src)
+        return
+    import fsspec
+
+    with tempfile.TemporaryDirectory(prefix="emotionclip-video-") as d:
+        local = Path(d) / name
+        fs, p = fsspec.core.url_to_fs(src)
+        fs.get_file(p, str(local))
+        yield local
+
+
+def run_frames(catalog, video_id: str) -> dict[str, Any]:
+    """Frames stage for one video: raw video -> catalog.artifact("frames", video_id).
+    Returns {"n_frames", "width", "height", "duration_s"}; bad video -> StageError."""
+    from emotionclip.errors import StageError
+
+    params = catalog.stages.frames
+    out = catalog.artifact("frames", video_id)
+    with local_video(catalog, video_id, "frames") as video:
+        try:
+            summary = extract_frames(
+                video, out, fps=params.fps, short_edge=params.short_edge, jpeg_quality=params.jpeg_quality,
+                metadata={"video_id": video_id, "fingerprint": catalog.stage_fingerprint("frames")})
+        except (FrameError, FFmpegError, OSError) as e:
+            raise StageError("frames", video_id, str(e)) from e
+    return {k: summary[k] for k in ("n_frames", "width", "height", "duration_s")}

@@ -31,5 +31,30 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests
 
+PORT ?= 4200
+LOCAL := $(PY) -m deployments.local
+PREFECT_CLIENT := PREFECT_HOME=$(CURDIR)/.prefect PREFECT_API_URL=http://127.0.0.1:$(PORT)/api $(VENV)/bin/prefect
+
+# Server + deployments + worker, then the sample deployment end to end.
+demo: $(STAMP)
+	$(LOCAL) up --port $(PORT)
+	$(PREFECT_CLIENT) deployment run build-tv-dataset/sample-tiny --watch
+	$(LOCAL) where --port $(PORT)
+
+server: $(STAMP)
+	$(LOCAL) server --port $(PORT)
+
+deploy: $(STAMP)
+	$(LOCAL) deploy --port $(PORT)
+
+worker: $(STAMP)
+	$(LOCAL) worker --port $(PORT)
+
+stop:
+	$(LOCAL) down
+
+bench: $(STAMP)
+	for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
 clean:
 	rm -rf $(VENV) .cache .prefect data models

@@ -33,7 +33,9 @@ class DeploymentSpec:
     parameters: dict[str, Any] = field(default_factory=dict)
     cron: str | None = None
     env: dict[str, str] = field(default_factory=dict)
-    concurrency_limit: int | None = 1  # never two runs writing the same data root at once
+    # None: concurrent runs are safe through per-(video, stage) file locks, and a
+    # killed run holds no deployment slot that would block the re-run.
+    concurrency_limit: int | None = None
     tags: list[str] = field(default_factory=list)
 
 

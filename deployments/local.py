@@ -206,6 +206,18 @@ def status(home: Path = HomeOpt, port: int = PortOpt) -> None:
     typer.echo(f"worker: pid {_read_pid(home, 'worker')}")
 
 
+@app.command("where")
+def where(port: int = PortOpt) -> None:
+    """Print where the sample run's outputs and the Prefect UI are."""
+    from emotionclip.catalog import load_catalog
+
+    cat = load_catalog(profile="tiny")
+    typer.echo(f"manifests:    {cat.artifact('manifests')}")
+    typer.echo(f"dataset card: {cat.artifact('dataset_card')}/README.md")
+    typer.echo(f"failures:     {cat.artifact('failures')}")
+    typer.echo(f"Prefect UI:   http://127.0.0.1:{port}  (stop everything with `make stop`)")
+
+
 @app.command("down")
 def down(home: Path = HomeOpt) -> None:
     """Stop the worker (two SIGINTs) and the server."""

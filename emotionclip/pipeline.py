@@ -12,13 +12,14 @@ stages downstream of it, and a killed run (no marker) re-runs the stage.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import importlib
 import json
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from emotionclip import io
 from emotionclip.catalog import Catalog
@@ -107,13 +108,28 @@ def is_up_to_date(catalog: Catalog, stage: str, video_id: str) -> bool:
     return all(io.exists(catalog.artifact(o, video_id)) for o in spec.outputs)
 
 
-_locks: dict[tuple[str, str], threading.Lock] = {}
+_locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
 
 
-def _lock_for(catalog: Catalog, video_id: str, stage: str) -> threading.Lock:
+@contextlib.contextmanager
+def _stage_lock(catalog: Catalog, video_id: str, stage: str) -> Iterator[None]:
+    """One runner per (video, stage) at a time: a thread lock within the process and,
+    on a local data root, a file lock across processes, so two concurrent runs of
+    the deployment never write the same file (the second finds it up to date). The
+    OS releases a file lock when its process dies, so a killed run blocks nothing."""
+    path = _marker(catalog, stage, video_id)[: -len(".json")] + ".lock"
     with _locks_guard:
-        return _locks.setdefault((catalog.artifact("video_dir", video_id), stage), threading.Lock())
+        tlock = _locks.setdefault(path, threading.Lock())
+    with tlock:
+        if io.is_local(path):
+            from filelock import FileLock
+
+            io.makedirs(path.rsplit("/", 1)[0])
+            with FileLock(path):
+                yield
+        else:
+            yield
 
 
 def run_stage(catalog: Catalog, stage: str, video_id: str, *, force: bool = False) -> dict:
@@ -122,7 +138,7 @@ def run_stage(catalog: Catalog, stage: str, video_id: str, *, force: bool = Fals
     if stage not in VIDEO_STAGES:
         raise StageError(stage, video_id, f"unknown stage; choose from {list(VIDEO_STAGES)}")
     video_id = validate_video_id(video_id)
-    with _lock_for(catalog, video_id, stage):
+    with _stage_lock(catalog, video_id, stage):
         if not force and is_up_to_date(catalog, stage, video_id):
             marker = read_marker(catalog, stage, video_id) or {}
             return {**marker.get("summary", {}), "skipped": True}

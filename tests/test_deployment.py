@@ -1,0 +1,212 @@
+"""build-tv-dataset against a real Prefect server started by the suite: deploy,
+`prefect deployment run ... --watch`, cache hits, the UI's API (schedules, pause,
+resume, runs with parameters), kill-and-resume, a corrupt video among good ones."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+
+from deployments import local
+from emotionclip.catalog import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    home = tmp_path_factory.mktemp("prefect-home")
+    data = tmp_path_factory.mktemp("data")
+    port = _free_port()
+    local.start_server(home, port)
+    names = local.register(home, port, extra_parameters={"data_root": str(data / "main")})
+    local.start_worker(home, port)
+    env = local.server_env(home, port)
+    try:
+        yield {"home": home, "port": port, "env": env, "data": data, "names": names}
+    finally:
+        local.stop(home)
+
+
+def _prefect(server, *args, timeout=900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "prefect", *args], env=server["env"], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _client_call(server, coro_fn):
+    """Run `coro_fn(client)` against the test server from this process."""
+    from prefect.client.orchestration import PrefectClient
+
+    async def main():
+        async with PrefectClient(api=server["env"]["PREFECT_API_URL"]) as client:
+            return await coro_fn(client)
+
+    return asyncio.run(main())
+
+
+def _run_deployment(server, name="build-tv-dataset/sample-tiny", params: dict | None = None) -> str:
+    args = ["deployment", "run", name, "--watch", "--watch-timeout", "800"]
+    for k, v in (params or {}).items():
+        args += ["--param", f"{k}={json.dumps(v)}"]
+    out = _prefect(server, *args)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "Completed" in out.stdout, out.stdout[-2000:]
+    return out.stdout
+
+
+def _manifest(root: Path) -> pd.DataFrame:
+    from emotionclip.manifests import read_manifests
+
+    df = read_manifests(root / "manifests")
+    return df.sort_values("clip_id").reset_index(drop=True)
+
+
+def _latest_flow_run(server, deployment_name="sample-tiny"):
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    async def fn(client):
+        runs = await client.read_flow_runs(
+            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment_name])),
+            sort=FlowRunSort.START_TIME_DESC, limit=1)
+        return runs[0]
+
+    return _client_call(server, fn)
+
+
+def test_sample_deployment_runs_and_second_run_is_cached(server):
+    assert "build-tv-dataset/sample-tiny" in server["names"]
+    root = server["data"] / "main"
+    _run_deployment(server)
+    first = _manifest(root)
+    assert len(first) > 0
+    assert (root / "card" / "README.md").exists()
+    failures = pd.read_parquet(root / "manifests" / "failures.parquet")
+    assert len(failures) == 0, failures.to_dict("records")
+
+    _run_deployment(server)
+    run = _latest_flow_run(server)
+
+    async def task_states(client):
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+        from prefect.client.schemas.filters import FlowRunFilterParentFlowRunId
+
+        sub = await client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run.id])))
+        ids = [run.id] + [r.id for r in sub]
+        trs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)))
+        return [(tr.task_key, tr.name, tr.state.name) for tr in trs]
+
+    states = _client_call(server, task_states)
+    stage_runs = [s for s in states if s[1].split("-")[0] in ("words", "frames", "sentences", "sentiment", "humans", "clips")]
+    assert stage_runs, states
+    assert all(s[2] == "Cached" for s in stage_runs), stage_runs
+    pd.testing.assert_frame_equal(first, _manifest(root))
+
+
+def test_schedules_pause_resume_and_run_with_parameters(server):
+    """What the UI does, through the same REST API."""
+
+    async def fn(client):
+        dep = await client.read_deployment_by_name("build-tv-dataset/youtube-paper")
+        assert dep.schedules and dep.schedules[0].schedule.cron == "0 3 * * 1"
+        assert dep.schedules[0].active
+        await client.pause_deployment(dep.id)
+        paused = await client.read_deployment(dep.id)
+        await client.resume_deployment(dep.id)
+        resumed = await client.read_deployment(dep.id)
+        sched = dep.schedules[0]
+        await client.update_deployment_schedule(dep.id, sched.id, active=False)
+        inactive = (await client.read_deployment(dep.id)).schedules[0].active
+        await client.update_deployment_schedule(dep.id, sched.id, active=True)
+        return paused.paused, resumed.paused, inactive
+
+    paused, resumed, inactive = _client_call(server, fn)
+    assert paused is True and resumed is False and inactive is False
+
+    # A run with other parameters, as from the UI's "Custom run".
+    other = server["data"] / "custom"
+
+    async def create(client):
+        dep = await client.read_deployment_by_name("build-tv-dataset/sample-tiny")
+        fr = await client.create_flow_run_from_deployment(
+            dep.id, parameters={"data_root": str(other), "overrides": {"stages.filter.max_neutral": 1.0}})
+        return fr.id
+
+    run_id = _client_call(server, create)
+    deadline = time.monotonic() + 800
+    while time.monotonic() < deadline:
+        fr = _client_call(server, lambda c: c.read_flow_run(run_id))
+        if fr.state.is_final():
+            break
+        time.sleep(2)
+    assert fr.state.is_completed(), fr.state
+    # max_neutral 1.0 keeps every clip that passes the other filters
+    assert len(_manifest(other)) >= len(_manifest(server["data"] / "main"))
+
+
+def _kill_tree(pid: int) -> None:
+    try:
+        parent = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return
+    for p in parent.children(recursive=True) + [parent]:
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+
+
+def test_kill_worker_mid_run_then_resume(server):
+    root = server["data"] / "killed"
+    out = _prefect(server, "deployment", "run", "build-tv-dataset/sample-tiny",
+                   "--param", f"data_root={json.dumps(str(root))}")
+    assert out.returncode == 0, out.stderr
+    # Wait until the run is mid-way: some video has finished its sentences stage.
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and not list(root.glob("videos/*/.stages/sentences.json")):
+        time.sleep(0.5)
+    assert list(root.glob("videos/*/.stages/sentences.json")), "run never got going"
+    assert not (root / "manifests" / "_manifest.json").exists()
+    worker_pid = int((server["home"] / "worker.pid").read_text())
+    _kill_tree(worker_pid)
+
+    local.start_worker(server["home"], server["port"])
+    _run_deployment(server, params={"data_root": str(root)})
+    pd.testing.assert_frame_equal(_manifest(server["data"] / "main"), _manifest(root))
+
+
+def test_corrupt_video_is_recorded_and_others_complete(server, tmp_path):
+    from emotionclip.sample import make_sample_corpus
+
+    folder = tmp_path / "corpus"
+    make_sample_corpus(folder)
+    good = sorted(folder.glob("*.mp4"))
+    (folder / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(2000))
+    shutil.copy(next(folder.glob("*.en.vtt")), folder / "broken.en.vtt")
+    root = tmp_path / "data"
+    _run_deployment(server, params={"source": "folder", "folder": str(folder), "data_root": str(root)})
+    failures = pd.read_parquet(root / "manifests" / "failures.parquet")
+    assert failures["video_id"].tolist() == ["broken"]
+    assert failures["stage"].iloc[0] in ("frames", "humans")
+    assert "broken" in failures["error"].iloc[0]
+    kept = _manifest(root)
+    assert set(kept["video_id"]) <= {p.stem for p in good}
+    assert len(kept) > 0

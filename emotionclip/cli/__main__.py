@@ -1,0 +1,3 @@
+from emotionclip.cli import app
+
+app()

@@ -172,10 +172,10 @@ def build_tv_dataset(
     if failures:
         create_table_artifact(table=failures, key="build-tv-dataset-failures", description="Videos that failed")
     result = {
+        **{k: v for k, v in summary.items() if isinstance(v, (int, float, str))},
         "videos": len(video_ids) + sum(1 for f in failures if f["stage"] == "download"),
         "processed": len(ok_ids),
         "failures": len(failures),
-        **{k: v for k, v in summary.items() if isinstance(v, (int, float, str))},
         "card": str(card),
     }
     logger.info("done: %s", result)

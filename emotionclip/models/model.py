@@ -1,0 +1,221 @@
+"""The EmotionCLIP model: subject-aware OpenCLIP frame encoder + temporal encoder + text tower."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from emotionclip.models import frame_encoder as fe
+from emotionclip.models.factory import create_openclip, get_tokenizer
+from emotionclip.models.temporal import (
+    DEFAULT_DROPOUT,
+    DEFAULT_HEADS,
+    DEFAULT_LAYERS,
+    DEFAULT_MAX_FRAMES,
+    TemporalEncoder,
+)
+from emotionclip.models.transforms import ClipPreprocessor, PreprocessConfig
+
+
+@dataclass
+class EmotionCLIPConfig:
+    """Everything needed to rebuild the architecture (stored in checkpoints)."""
+
+    clip_model: str | None = None  # OpenCLIP config name, e.g. "ViT-B-32" or "emotionclip-tiny-vit"
+    clip_pretrained: str | None = None  # where the initial weights came from (informational)
+    subject_mode: str = "sap"  # paper's choice
+    temporal: str = "transformer"
+    max_frames: int = DEFAULT_MAX_FRAMES
+    temporal_layers: int = DEFAULT_LAYERS
+    temporal_heads: int = DEFAULT_HEADS
+    temporal_dropout: float = DEFAULT_DROPOUT
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["preprocess"] = self.preprocess.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "EmotionCLIPConfig":
+        d = dict(d)
+        d["preprocess"] = PreprocessConfig.from_dict(d.get("preprocess") or {})
+        return cls(**d)
+
+
+class EmotionCLIP(nn.Module):
+    """EmotionCLIP (CVPR 2023). Submodules: `clip` (the OpenCLIP model: image tower,
+    text tower, logit_scale) and `temporal` (the temporal encoder)."""
+
+    def __init__(self, clip: nn.Module, config: EmotionCLIPConfig):
+        super().__init__()
+        fe.check_visual(clip.visual, config.subject_mode)
+        self.config = config
+        self.clip = clip
+        self.embed_dim = int(clip.visual.output_dim)
+        self.temporal = TemporalEncoder(
+            self.embed_dim,
+            mode=config.temporal,  # type: ignore[arg-type]
+            max_frames=config.max_frames,
+            layers=config.temporal_layers,
+            heads=config.temporal_heads,
+            dropout=config.temporal_dropout,
+        )
+
+    # -- construction ---------------------------------------------------------
+    @classmethod
+    def from_openclip(
+        cls,
+        model: str | nn.Module,
+        pretrained: str | None = None,
+        *,
+        subject_mode: str = "sap",
+        temporal: str = "transformer",
+        max_frames: int = DEFAULT_MAX_FRAMES,
+        temporal_layers: int = DEFAULT_LAYERS,
+        temporal_heads: int = DEFAULT_HEADS,
+        temporal_dropout: float = DEFAULT_DROPOUT,
+        preprocess: PreprocessConfig | None = None,
+        device: str | torch.device = "cpu",
+        cache_dir: str | None = None,
+        clip_model_name: str | None = None,
+    ) -> "EmotionCLIP":
+        """From an OpenCLIP model name (+ optional pretrained tag or weights file) or a
+        built OpenCLIP model. Offline without cached weights: ModelNotAvailable.
+        For a built model, `clip_model_name` (its OpenCLIP config name) lets checkpoints
+        rebuild it; models made by `create_openclip` remember their name."""
+        if isinstance(model, str):
+            clip = create_openclip(model, pretrained, device=device, cache_dir=cache_dir)
+            name = model
+        else:
+            if pretrained is not None:
+                raise ValueError("pretrained applies to a model name, not to an already built model")
+            clip = model
+            name = clip_model_name or getattr(model, "emotionclip_name", None)
+        if preprocess is None:
+            size = clip.visual.image_size
+            crop = size if isinstance(size, int) else size[0]
+            preprocess = PreprocessConfig(crop=crop, resize=max(crop, PreprocessConfig.resize))
+        cfg = EmotionCLIPConfig(
+            clip_model=name,
+            clip_pretrained=pretrained,
+            subject_mode=subject_mode,
+            temporal=temporal,
+            max_frames=max_frames,
+            temporal_layers=temporal_layers,
+            temporal_heads=temporal_heads,
+            temporal_dropout=temporal_dropout,
+            preprocess=preprocess,
+        )
+        return cls(clip, cfg).to(device)
+
+    @classmethod
+    def from_config(cls, config: EmotionCLIPConfig | dict[str, Any], device: str | torch.device = "cpu") -> "EmotionCLIP":
+        """Random-initialised model of a config (weights come from a checkpoint after)."""
+        if isinstance(config, dict):
+            config = EmotionCLIPConfig.from_dict(config)
+        if not config.clip_model:
+            raise ValueError("config.clip_model is not set: cannot rebuild the OpenCLIP architecture")
+        clip = create_openclip(config.clip_model, None, device=device)
+        return cls(clip, config).to(device)
+
+    # -- encoders -------------------------------------------------------------
+    @property
+    def subject_mode(self) -> str:
+        return self.config.subject_mode
+
+    @property
+    def logit_scale(self) -> nn.Parameter:
+        """The learned log-scale (multiply logits by its exp)."""
+        return self.clip.logit_scale
+
+    @property
+    def preprocess_cfg(self) -> PreprocessConfig:
+        return self.config.preprocess
+
+    def preprocessor(self, train: bool = False) -> ClipPreprocessor:
+        """Frames + boxes -> model inputs, with this model's normalisation."""
+        return ClipPreprocessor(self.config.preprocess, train=train)
+
+    def encode_frames(self, frames: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
+        """frames [N, 3, H, W], subject masks [N, H, W] (or None: no subject) -> [N, D]."""
+        return fe.encode_frames(self.clip.visual, frames, masks, self.config.subject_mode)  # type: ignore[arg-type]
+
+    def encode_video(self, frames: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
+        """frames [B, T, 3, H, W], masks [B, T, H, W] (or None) -> video features [B, D] (not normalised)."""
+        if frames.dim() != 5:
+            raise ValueError(f"frames must be [B, T, 3, H, W], got {tuple(frames.shape)}")
+        b, t = frames.shape[:2]
+        flat_masks = masks.reshape(b * t, *masks.shape[2:]) if masks is not None else None
+        x = self.encode_frames(frames.reshape(b * t, *frames.shape[2:]), flat_masks)
+        return self.temporal(x.reshape(b, t, -1))
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [B, context] -> text features [B, D] (not normalised)."""
+        return self.clip.encode_text(tokens)
+
+    def tokenize(self, texts: str | Sequence[str]) -> torch.Tensor:
+        """OpenCLIP tokenizer (context 77; a truncated caption still ends with end-of-text)."""
+        tok = get_tokenizer(self.config.clip_model, int(getattr(self.clip, "context_length", 77)))
+        return tok([texts] if isinstance(texts, str) else list(texts))
+
+    def forward(
+        self, frames: torch.Tensor, masks: torch.Tensor | None, tokens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> (video features [B, D], text features [B, D], both L2-normalised; logit_scale.exp())."""
+        v = F.normalize(self.encode_video(frames, masks), dim=-1)
+        t = F.normalize(self.encode_text(tokens), dim=-1)
+        return v, t, self.logit_scale.exp()
+
+    @torch.no_grad()
+    def zero_shot(
+        self,
+        video: torch.Tensor,
+        masks: torch.Tensor | None,
+        labels: Sequence[str],
+        template: str | Sequence[str] = "a person feeling {}",
+    ) -> torch.Tensor:
+        """Probabilities [B, len(labels)] that each clip shows each label."""
+        from emotionclip.models.zero_shot import zero_shot_probs
+
+        return zero_shot_probs(self, video, masks, labels, template)
+
+    # -- checkpoints ------------------------------------------------------------
+    def save(
+        self,
+        path: str | os.PathLike,
+        optimizer: torch.optim.Optimizer | None = None,
+        scheduler: Any = None,
+        step: int | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        """Atomic checkpoint: model, config and (when training) optimizer/scheduler/step."""
+        from emotionclip.models.checkpoint import save_checkpoint
+
+        save_checkpoint(path, self, optimizer=optimizer, scheduler=scheduler, step=step, extra=extra)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "EmotionCLIP":
+        """Model from one of our checkpoints (torch.load weights_only=True)."""
+        from emotionclip.models.checkpoint import load_model
+
+        return load_model(path, map_location=map_location)
+
+    @classmethod
+    def load_official_checkpoint(
+        cls,
+        path: str | os.PathLike,
+        clip_model: str = "ViT-B-32",
+        allow_pickle: bool = False,
+        map_location: str | torch.device = "cpu",
+    ) -> "EmotionCLIP":
+        """The authors' released checkpoint (SAP, transformer head, ImageNet normalisation)."""
+        from emotionclip.models.checkpoint import load_official_checkpoint
+
+        return load_official_checkpoint(path, clip_model=clip_model, allow_pickle=allow_pickle,
+                                        map_location=map_location)

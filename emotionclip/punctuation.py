@@ -1,0 +1,225 @@
+"""Sentences stage: restore punctuation over a video's caption words with a
+FullStop-style token classifier, then split into timed sentences.
+
+Paper profile: `oliverguhr/fullstop-punctuation-multilang-large` (labels
+`0 . , ? - :`). We call the model directly (the `deepmultilingualpunctuation`
+wrapper breaks on transformers 5) and improve on the wrapper in two ways:
+chunks are batched through the model, and in the overlap between two chunks a
+word takes its label from the chunk where it has the most context on both
+sides (the wrapper always took the later chunk).
+
+Words with no text after cleaning are dropped; a video whose captions have no
+words gives an empty sentences table (not an error): it simply yields no
+clips, and downstream stages accept empty tables.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from emotionclip import io, schemas
+from emotionclip.errors import StageError
+
+STAGE = "sentences"
+
+# Reference FullStop wrapper: 230-word chunks, 5 words of overlap, split at . and ?
+CHUNK_WORDS = 230
+OVERLAP_WORDS = 5
+SPLIT_ON = (".", "?")
+
+# The wrapper's preprocessing: the model was trained on text without these marks;
+# marks between digits stay ("3.5", "10:30"). Unlike the wrapper we also strip
+# them at the end of a word after a digit ("10:30." -> "10:30").
+_STRIP = re.compile(r"(?<!\d)[.,;:!?](?!\d)|[.,;:!?]+$")
+_NO_CONTEXT_LIMIT = 1 << 30  # a document edge: nothing is missing on that side
+
+
+def clean_word(word: str) -> str:
+    return _STRIP.sub("", word).strip()
+
+
+def plan_chunks(
+    token_counts: Sequence[int], chunk_words: int, overlap_words: int, max_tokens: int
+) -> list[tuple[int, int]]:
+    """Word ranges [start, end) of at most `chunk_words` words and `max_tokens`
+    sub-tokens, consecutive ranges sharing `overlap_words` words."""
+    n = len(token_counts)
+    if n == 0:
+        return []
+    cum = np.concatenate([[0], np.cumsum(np.asarray(token_counts, dtype=np.int64))])
+    chunks = []
+    start = 0
+    while True:
+        # furthest end whose tokens fit the budget (at least one word per chunk)
+        fit = int(np.searchsorted(cum, cum[start] + max_tokens, side="right")) - 1
+        end = max(start + 1, min(fit, start + chunk_words, n))
+        chunks.append((start, end))
+        if end >= n:
+            return chunks
+        nxt = end - overlap_words
+        start = nxt if nxt > start else end
+
+
+def _context(start: int, end: int, n: int) -> np.ndarray:
+    """For each word of chunk [start, end): the context the chunk gives it, the
+    smaller of its left and right context (a document edge counts as unlimited)."""
+    pos = np.arange(end - start)
+    left = pos if start > 0 else np.full_like(pos, _NO_CONTEXT_LIMIT)
+    right = (end - start - 1 - pos) if end < n else np.full_like(pos, _NO_CONTEXT_LIMIT)
+    return np.minimum(left, right)
+
+
+def _special_layout(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """The special token ids the tokenizer puts before and after one sequence
+    (e.g. <s> ... </s>), read from the tokenizer rather than assumed."""
+    enc = tokenizer(["a"], is_split_into_words=True)
+    ids, wids = enc["input_ids"], enc.word_ids(0)
+    pos = [i for i, w in enumerate(wids) if w is not None]
+    return list(ids[:pos[0]]), list(ids[pos[-1] + 1:])
+
+
+def restore_punctuation(
+    words: list[str],
+    tokenizer: Any,
+    model: Any,
+    chunk_words: int = CHUNK_WORDS,
+    overlap_words: int = OVERLAP_WORDS,
+    batch_size: int = 8,
+) -> list[str]:
+    """The punctuation label (model's id2label, e.g. "0" . , ? - :) after each word.
+
+    Words are read in overlapping chunks (a word takes the label of its LAST
+    sub-token); chunks are sorted by length and batched through the model.
+    """
+    import torch
+
+    from emotionclip.zoo import model_device, model_max_tokens
+
+    n = len(words)
+    if n == 0:
+        return []
+    if overlap_words * 2 >= chunk_words:
+        raise ValueError("overlap_words must be less than half of chunk_words")
+    limit = model_max_tokens(tokenizer, model)
+    prefix, suffix = _special_layout(tokenizer)
+    budget = limit - len(prefix) - len(suffix)
+    # Tokenize the whole word stream once. Each word is pre-tokenized on its own
+    # (is_split_into_words), so a chunk's tokens are a slice of these: chunks are
+    # cut from them instead of re-tokenizing every chunk.
+    enc = tokenizer(words, is_split_into_words=True, add_special_tokens=False, verbose=False)
+    ids = np.asarray(enc["input_ids"], dtype=np.int64)
+    wid = np.asarray([-1 if w is None else w for w in enc.word_ids(0)], dtype=np.int64)
+    counts = np.bincount(wid[wid >= 0], minlength=n)
+    cum = np.concatenate([[0], np.cumsum(counts)])  # tokens of word w: ids[cum[w]:cum[w+1]]
+    chunks = plan_chunks(counts, chunk_words, overlap_words, budget)
+
+    id2label = {int(k): v for k, v in model.config.id2label.items()}
+    no_mark = next((i for i, lab in id2label.items() if lab == "0"), 0)
+    label_ids = np.full(n, no_mark, dtype=np.int64)  # a word with no sub-token gets no mark
+    best = np.full(n, -1, dtype=np.int64)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    device = model_device(model)
+    # Longest first, so each batch pads to similar lengths.
+    order = sorted(range(len(chunks)), key=lambda c: -(cum[chunks[c][1]] - cum[chunks[c][0]]))
+    for b0 in range(0, len(order), batch_size):
+        batch_ids = order[b0:b0 + batch_size]
+        # a single word longer than the budget is cut (its label then comes from its last kept token)
+        spans = [(int(cum[chunks[c][0]]), min(int(cum[chunks[c][1]]), int(cum[chunks[c][0]]) + budget))
+                 for c in batch_ids]
+        width = len(prefix) + len(suffix) + max(te - ts for ts, te in spans)
+        input_ids = np.full((len(spans), width), pad_id, dtype=np.int64)
+        mask = np.zeros((len(spans), width), dtype=np.int64)
+        for r, (ts, te) in enumerate(spans):  # right padding, as the tokenizer pads
+            row = np.concatenate([prefix, ids[ts:te], suffix])
+            input_ids[r, :len(row)] = row
+            mask[r, :len(row)] = 1
+        with torch.inference_mode():
+            pred = model(input_ids=torch.from_numpy(input_ids).to(device),
+                         attention_mask=torch.from_numpy(mask).to(device)).logits.argmax(-1).cpu().numpy()
+        for r, c in enumerate(batch_ids):
+            s, e = chunks[c]
+            ts, te = spans[r]
+            local = np.flatnonzero(counts[s:e] > 0)
+            # row position of each word's LAST sub-token
+            pos = len(prefix) + np.minimum(cum[s + local + 1], te) - 1 - ts
+            # more context wins; on a tie the earlier chunk (chunks run in length order)
+            score = _context(s, e, n)[local] * (len(chunks) + 1) + (len(chunks) - c)
+            glob = s + local
+            better = score > best[glob]
+            best[glob[better]] = score[better]
+            label_ids[glob[better]] = pred[r, pos[better]]
+    return [id2label[int(i)] for i in label_ids]
+
+
+def punctuated_text(words: Sequence[str], labels: Sequence[str]) -> str:
+    """Join words with their restored marks, as the reference wrapper does."""
+    return " ".join(w + (lab if lab != "0" else "") for w, lab in zip(words, labels))
+
+
+def split_sentences(
+    words_df: pd.DataFrame, labels: Sequence[str], split_on: Sequence[str] = SPLIT_ON
+) -> pd.DataFrame:
+    """One row per sentence (schemas.SENTENCES): a sentence ends at a word whose
+    label is in `split_on`; a trailing run without a final mark is a sentence too.
+    Times: start of the first word, end of the last."""
+    if len(words_df) != len(labels):
+        raise ValueError(f"{len(words_df)} words but {len(labels)} labels")
+    words = words_df["word"].astype(str).tolist()
+    starts = words_df["start_s"].to_numpy(dtype=np.float64)
+    ends = words_df["end_s"].to_numpy(dtype=np.float64)
+    stops = set(split_on)
+    rows = []
+    first = 0
+    for i, lab in enumerate(labels):
+        if lab in stops or i == len(labels) - 1:
+            rows.append({
+                "sentence_idx": len(rows),
+                "text": punctuated_text(words[first:i + 1], labels[first:i + 1]),
+                "start_s": float(starts[first]),
+                "end_s": float(ends[i]),
+                "n_words": i + 1 - first,
+            })
+            first = i + 1
+    df = pd.DataFrame(rows, columns=[f.name for f in schemas.SENTENCES])
+    return df.astype({"sentence_idx": "int32", "n_words": "int32", "start_s": "float64",
+                      "end_s": "float64"})
+
+
+def _read_words(catalog: Any, video_id: str) -> pd.DataFrame:
+    path = catalog.artifact("words", video_id)
+    if not io.exists(path):
+        raise StageError(STAGE, video_id, f"words artifact not found: {path} (run the words stage first)")
+    try:
+        df = io.read_parquet(path)
+    except Exception as e:  # a corrupt file is this video's problem, not the run's
+        raise StageError(STAGE, video_id, f"cannot read words {path}: {e}") from e
+    missing = [c for c in ("word", "start_s", "end_s") if c not in df.columns]
+    if missing:
+        raise StageError(STAGE, video_id, f"words table {path} lacks columns {missing}")
+    return df
+
+
+def run_sentences(catalog: Any, video_id: str, device: str | None = None) -> dict:
+    """Words -> punctuated, timed sentences (per-video stage contract)."""
+    from emotionclip.zoo import default_device, load_punctuation_model
+
+    params = catalog.stages.sentences
+    df = _read_words(catalog, video_id)
+    df = df.assign(word=df["word"].fillna("").astype(str).map(clean_word))
+    if df[["start_s", "end_s"]].isna().any().any():
+        raise StageError(STAGE, video_id, "words table has words without times")
+    df = df[df["word"] != ""].reset_index(drop=True)
+    if len(df):
+        tok, model = load_punctuation_model(catalog.model_ref("punctuation"), device or default_device())
+        labels = restore_punctuation(df["word"].tolist(), tok, model, chunk_words=params.chunk_words,
+                                     overlap_words=params.overlap_words, batch_size=params.batch_size)
+    else:
+        labels = []
+    sentences = split_sentences(df, labels, split_on=tuple(params.split_on))
+    io.atomic_write_parquet(catalog.artifact("sentences", video_id), schemas.to_table(sentences, schemas.SENTENCES),
+                            metadata={"fingerprint": catalog.stage_fingerprint(STAGE)})
+    return {"video_id": video_id, "n_words": int(len(df)), "n_sentences": int(len(sentences))}

@@ -29,6 +29,7 @@ import pandas as pd
 
 from emotionclip.errors import ModelNotAvailable, StageError
 from emotionclip.schemas import DETECTIONS
+from emotionclip.zoo import locked_cache
 
 STAGE = "humans"
 
@@ -151,7 +152,7 @@ def _check_safe_checkpoint(path: str) -> None:
     torch_safe_load(path, safe_only=True)
 
 
-@functools.lru_cache(maxsize=8)
+@locked_cache
 def load_detector(ref: str, device: str = "auto") -> Any:
     """Load an Ultralytics detector once per process (keyed by ref and device).
 

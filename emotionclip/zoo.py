@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -73,13 +74,31 @@ def _from_pretrained(kind: str, ref: str, model_cls: Any) -> tuple[Any, Any]:
     return tokenizer, model
 
 
+# transformers' lazy module import and lru_cache's first call are not thread-safe:
+# concurrent stage threads must load a model once, one at a time.
+_LOAD_LOCK = threading.RLock()
+
+
+def locked_cache(fn):
+    cached = functools.lru_cache(maxsize=8)(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with _LOAD_LOCK:
+            return cached(*args, **kwargs)
+
+    wrapper.cache_clear = cached.cache_clear
+    wrapper.cache_info = cached.cache_info
+    return wrapper
+
+
 def _prepare(model: Any, device: str) -> Any:
     model.to(device)
     model.eval()  # dropout off: scores must be deterministic
     return model
 
 
-@functools.lru_cache(maxsize=8)
+@locked_cache
 def load_punctuation_model(ref: str, device: str = "cpu") -> tuple[Any, Any]:
     """(tokenizer, token-classification model) for the sentences stage, cached
     per (ref, device) for the process."""
@@ -89,7 +108,7 @@ def load_punctuation_model(ref: str, device: str = "cpu") -> tuple[Any, Any]:
     return tok, _prepare(model, device)
 
 
-@functools.lru_cache(maxsize=8)
+@locked_cache
 def load_emotion_model(ref: str, device: str = "cpu") -> tuple[Any, Any]:
     """(tokenizer, sequence-classification model) for the sentiment stage, cached
     per (ref, device) for the process."""

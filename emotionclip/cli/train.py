@@ -1,0 +1,60 @@
+"""`emotionclip train`: pre-train EmotionCLIP on clip manifests (issue 6).
+
+    emotionclip train --manifests data/manifests --out runs/x [--preset paper|official-code]
+                      [--profile paper|tiny] [--max-steps N] [--resume latest]
+                      [--nproc 8] [--set batch_size=64 --set num_workers=4]
+
+Writes checkpoints under OUT/checkpoints, OUT/metrics.jsonl (one JSON line per
+logged step) and TensorBoard files under OUT/tensorboard. Several GPUs on this
+node: --nproc N (torchrun); several nodes: run
+`torchrun ... -m emotionclip.training.launch --config OUT/train_config.json`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from emotionclip.cli._common import parse_overrides
+
+
+def app(
+    manifests: str = typer.Option(..., "--manifests", help="Manifests folder, shard file or fsspec URL."),
+    out: str = typer.Option(..., "--out", help="Output folder: checkpoints, metrics.jsonl, TensorBoard files."),
+    preset: str = typer.Option("paper", "--preset", help="Training recipe: paper or official-code."),
+    profile: Optional[str] = typer.Option(None, "--profile", "-p", help="Catalog model profile (paper or tiny)."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps."),
+    resume: Optional[str] = typer.Option(None, "--resume", help="'latest' or a checkpoint path."),
+    catalog: Optional[Path] = typer.Option(None, "--catalog", "-c", help="Catalog file (frame stores, models)."),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help="Override the catalog's data_root."),
+    nproc: int = typer.Option(1, "--nproc", help="Processes (GPUs) on this node; >1 launches torchrun."),
+    sets: Optional[list[str]] = typer.Option(None, "--set", help="Override a training config value, e.g. --set batch_size=64 (repeatable)."),
+) -> None:
+    """Pre-train EmotionCLIP."""
+    import json
+    import logging
+
+    from pydantic import ValidationError
+
+    from emotionclip.training.config import make_config
+    from emotionclip.training.launch import run_training
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    values = dict(manifests=manifests, out_dir=out, profile=profile, max_steps=max_steps, resume=resume,
+                  catalog=str(catalog) if catalog else None, data_root=data_root)
+    values.update(parse_overrides(sets))
+    try:
+        config = make_config(preset, **values)
+    except (ValueError, ValidationError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
+    result = run_training(config, nproc=nproc)
+    if isinstance(result, int):
+        if result != 0:
+            typer.echo(f"error: torchrun exited with {result}; checkpoints in {out} can be resumed with --resume latest",
+                       err=True)
+        raise typer.Exit(result)
+    typer.echo(json.dumps({"step": result.step, "epoch": result.epoch, "loss": result.last_loss,
+                           "checkpoint": result.checkpoint}))

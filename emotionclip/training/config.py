@@ -1,0 +1,113 @@
+"""Training configuration: one pydantic model, two named presets.
+
+`paper` follows the EmotionCLIP paper (CVPR 2023, section 4 "Implementation
+details"); `official-code` follows what the authors' public code actually runs
+(github.com/Xeaver/EmotionCLIP, `src/options.py` + `main.py`). Every value says
+where it comes from. `make_config(preset, **overrides)` builds a validated config.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Preset = Literal["paper", "official-code"]
+PRESETS: tuple[str, ...] = ("paper", "official-code")
+
+# The logit scale (log of the inverse temperature) is clamped to [0, ln 100]
+# after every step (CLIP paper; the authors' trainer does the same).
+LOGIT_SCALE_MAX = math.log(100.0)
+
+
+class TrainConfig(BaseModel):
+    """Everything `emotionclip.training.train` needs. Defaults = the `paper` preset."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    preset: Preset = "paper"
+
+    # -- data -------------------------------------------------------------
+    manifests: str = ""  # a manifest Parquet file, a folder of shards, or an fsspec URL
+    out_dir: str = "runs/pretrain"  # local folder: checkpoints, metrics.jsonl, TensorBoard
+    catalog: str | None = None  # catalog file (default: data_catalog.yaml / $EMOTIONCLIP_CATALOG)
+    profile: str | None = None  # model profile of the catalog (paper | tiny)
+    data_root: str | None = None  # override the catalog's data root (where the frame stores live)
+    num_frames: int = Field(8, ge=1)  # paper: 8 frames per clip
+    image_size: int = Field(224, ge=16)  # paper: 224 crops
+    resize: int = Field(256, ge=16)  # paper: smaller edge resized to 256, then cropped
+    box_conf: float = Field(0.5, ge=0, le=1)  # authors' loader: person boxes with conf > 0.5
+    num_workers: int = Field(8, ge=0)  # authors' code: train_loader_workers = 8
+    max_replacements: int = Field(16, ge=0)  # unreadable clips: other clips tried before giving up
+
+    # -- model ------------------------------------------------------------
+    clip_model: str | None = None  # OpenCLIP config; None = the catalog profile's clip_model
+    clip_pretrained: str | None = None  # None = the catalog profile's clip_pretrained
+    subject_mode: Literal["sap", "saam", "vanilla"] = "sap"  # paper's choice: SAP
+    temporal: Literal["transformer", "mean"] = "transformer"  # paper: 6-layer transformer head
+    temporal_dropout: float = Field(0.1, ge=0, lt=1)  # authors' head: PyTorch's layer default 0.1
+
+    # -- loss ---------------------------------------------------------------
+    beta: float = Field(10.0, ge=0)  # authors' code: loss_reweight_scale = 10
+    kl_direction: Literal["code", "paper"] = "code"  # DESIGN.md section 5: default to the code's
+
+    # -- optimisation -------------------------------------------------------
+    epochs: int = Field(25, ge=1)  # paper and code: 25 epochs
+    batch_size: int = Field(128, ge=1)  # paper and code: 128 clips per step (global, all ranks)
+    grad_accum_steps: int = Field(1, ge=1)  # micro-batches per optimizer step (loss per micro-batch)
+    betas: tuple[float, float] = (0.98, 0.9)  # paper and code: AdamW betas (0.98, 0.9)
+    eps: float = 1e-10  # paper: 1e-10 (code: 1e-6)
+    weight_decay: float = 0.1  # paper and code: 0.1 on weights only (not gains/biases)
+    lr_gain_bias: float = 5e-5  # paper and code: 5e-5 for every gain and bias
+    lr_encoder: float = 1e-8  # paper and code: 1e-8 for the frame and text encoder weights
+    lr_temporal: float = 1e-6  # paper: 1e-6 for the temporal encoder weights (code: 1e-8)
+    lr_logit_scale: float = 1e-8  # paper silent; code: the encoder-weight lr, no decay
+    min_lr: float = 1e-10  # paper and code: cosine down to 1e-10
+    warmup_steps: int = Field(2500, ge=0)  # paper: linear warm-up over 2,500 steps (code: 10,000)
+    warmup_init_factor: float = Field(0.0, ge=0, le=1)  # paper: warm-up from 0 (code: 1e-5 x base lr)
+    schedule_unit: Literal["step", "epoch"] = "step"  # paper: cosine per step (code: per epoch)
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 if supported, else fp16 (code: fp16)
+    grad_checkpointing: bool = False
+    compile: bool = False  # torch.compile the model
+    logit_scale_max: float = LOGIT_SCALE_MAX
+
+    # -- run control --------------------------------------------------------
+    seed: int = 2022  # authors' code: seed 2022 (+ rank)
+    max_steps: int | None = Field(None, ge=1)  # stop early (the schedule still spans all epochs)
+    ckpt_every_steps: int = Field(1000, ge=1)  # plus one at every epoch end
+    keep_checkpoints: int = Field(3, ge=1)  # step checkpoints kept besides epoch ends
+    log_every_steps: int = Field(10, ge=1)
+    resume: str | None = None  # "latest", a checkpoint path, or None
+    device: str = "auto"  # auto: cuda:LOCAL_RANK when present, else cpu
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainConfig":
+        if self.image_size > self.resize:
+            raise ValueError(f"image_size {self.image_size} is larger than resize {self.resize}")
+        if "://" in self.out_dir:
+            # TensorBoard event files and metrics.jsonl are appended to: a local folder
+            raise ValueError(f"out_dir must be a local folder, got {self.out_dir!r}")
+        return self
+
+
+# Values of each preset that differ from the class defaults (= paper).
+_PRESET_VALUES: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "official-code": {
+        "eps": 1e-6,  # src/options.py: adamw_eps = 1e-6
+        "lr_temporal": 1e-8,  # src/options.py: lr_head_rest = 1e-8 (every weight matrix)
+        "warmup_steps": 10000,  # src/options.py: warmup_t = 10000 iterations
+        "warmup_init_factor": 1e-5,  # src/options.py: warmup_mode auto, warmup_init_factor 1e-5
+        "schedule_unit": "epoch",  # main.py: CosineAnnealingLR(T_max=max_epochs) stepped per epoch
+        "precision": "fp16",  # src/options.py: precision 'amp' = fp16 autocast + GradScaler
+    },
+}
+
+
+def make_config(preset: str = "paper", **overrides: Any) -> TrainConfig:
+    """The named preset with `overrides` applied (validated)."""
+    if preset not in _PRESET_VALUES:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {list(PRESETS)}")
+    values = {"preset": preset, **_PRESET_VALUES[preset], **overrides}
+    return TrainConfig(**values)

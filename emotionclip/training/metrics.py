@@ -1,0 +1,90 @@
+"""Training metrics: TensorBoard event files and `metrics.jsonl` (rank 0 only).
+
+One JSON line per logged step: {step, epoch, loss, lr: {group: lr},
+logit_scale, clips_per_s, data_wait_frac}; one line per finished epoch in
+`epochs.jsonl`: {epoch, step, loss, clips_per_s, data_wait_frac, checkpoint}.
+Lines are appended and flushed at once, so a crashed run keeps what it logged;
+on resume, lines past the checkpoint's step are dropped first so the files
+read as one uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+METRICS_FILE = "metrics.jsonl"
+EPOCHS_FILE = "epochs.jsonl"
+TB_DIR = "tensorboard"
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    p = Path(path)
+    if not p.exists():
+        return []
+    out = []
+    for line in p.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue  # a line cut by a crash
+    return out
+
+
+def truncate_after(path: str | os.PathLike, step: int) -> None:
+    """Drop logged lines with `step` > the resumed checkpoint's step."""
+    p = Path(path)
+    rows = [r for r in read_jsonl(p) if int(r.get("step", 0)) <= step]
+    if p.exists():
+        tmp = p.with_name(p.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        os.replace(tmp, p)
+
+
+class MetricsLogger:
+    def __init__(self, out_dir: str | os.PathLike, enabled: bool = True, resume_step: int | None = None):
+        self.enabled = enabled
+        self.dir = Path(out_dir)
+        self._tb = None
+        if not enabled:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None:
+            truncate_after(self.dir / METRICS_FILE, resume_step)
+            truncate_after(self.dir / EPOCHS_FILE, resume_step)
+        from torch.utils.tensorboard import SummaryWriter
+
+        # purge_step drops events after the checkpoint, as for the JSON lines
+        self._tb = SummaryWriter(str(self.dir / TB_DIR), purge_step=resume_step + 1 if resume_step else None)
+
+    def _append(self, name: str, row: dict[str, Any]) -> None:
+        with open(self.dir / name, "a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+
+    def log_step(self, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self._append(METRICS_FILE, row)
+        step = int(row["step"])
+        for key in ("loss", "logit_scale", "clips_per_s", "data_wait_frac"):
+            if key in row and row[key] is not None:
+                self._tb.add_scalar(f"train/{key}", row[key], step)
+        for group, lr in row.get("lr", {}).items():
+            self._tb.add_scalar(f"lr/{group}", lr, step)
+
+    def log_epoch(self, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self._append(EPOCHS_FILE, row)
+        for key in ("loss", "clips_per_s", "data_wait_frac"):
+            if row.get(key) is not None:
+                self._tb.add_scalar(f"epoch/{key}", row[key], int(row["epoch"]))
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.flush()
+            self._tb.close()
+            self._tb = None

@@ -1,0 +1,126 @@
+"""pretrain: EmotionCLIP pre-training on the manifests build-tv-dataset wrote.
+
+    validate inputs (config, manifests, frame stores)
+      -> train (in this process on one device; torchrun for several GPUs)
+      -> artifacts: per-epoch loss/throughput table, the checkpoint
+
+A crash marks the run Failed with the reason; the checkpoints written so far
+stay, and a re-run (resume="latest", the default) continues from the newest one.
+The logic lives in `emotionclip.training`; this file only orchestrates.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from emotionclip.training.config import TrainConfig, make_config
+
+
+def _config(manifests: Optional[str], out_dir: str, preset: str, overrides: Optional[dict[str, Any]],
+            profile: Optional[str], catalog: Optional[str], data_root: Optional[str],
+            resume: Optional[str], max_steps: Optional[int]) -> TrainConfig:
+    from emotionclip.catalog import load_catalog
+
+    if not manifests:  # the catalog's manifests folder
+        manifests = load_catalog(catalog, profile=profile, data_root=data_root).artifact("manifests")
+    return make_config(preset, **{
+        "manifests": manifests, "out_dir": out_dir, "profile": profile, "catalog": catalog,
+        "data_root": data_root, "resume": resume, "max_steps": max_steps, **(overrides or {}),
+    })
+
+
+@task(name="validate-pretrain-inputs")
+def validate_inputs(config: TrainConfig, devices: int) -> dict[str, Any]:
+    """Manifests readable and valid, every video's frame store present, at least one
+    global batch of clips. Raises ValueError naming what is wrong."""
+    from emotionclip.io import exists
+    from emotionclip.manifests import read_manifests
+    from emotionclip.training.loop import load_catalog_for
+
+    cat = load_catalog_for(config)
+    df = read_manifests(config.manifests)
+    if len(df) < config.batch_size:
+        raise ValueError(f"{config.manifests}: {len(df)} clips, fewer than one batch of {config.batch_size}")
+    if config.batch_size % (devices * config.grad_accum_steps):
+        raise ValueError(f"batch_size {config.batch_size} is not divisible by {devices} devices x "
+                         f"{config.grad_accum_steps} accumulation steps")
+    videos = sorted(set(df["video_id"]))
+    missing = [v for v in videos if not exists(cat.artifact("frames", v))]
+    if missing:
+        raise ValueError(f"{len(missing)} of {len(videos)} videos have no frame store "
+                         f"(e.g. {', '.join(missing[:5])} at {cat.artifact('frames', missing[0])})")
+    return {"clips": len(df), "videos": len(videos), "devices": devices,
+            "steps_per_epoch": len(df) // config.batch_size}
+
+
+@task(name="train-emotionclip")
+def train_model(config: TrainConfig, devices: int) -> dict[str, Any]:
+    """Train; a crash re-raises with the newest resumable checkpoint in the message."""
+    from emotionclip.training.checkpoint import latest_checkpoint
+    from emotionclip.training.launch import run_training
+
+    try:
+        result = run_training(config, nproc=devices)
+    except Exception as e:
+        raise RuntimeError(f"training crashed: {e!r}; resumable checkpoint: "
+                           f"{latest_checkpoint(config.out_dir)}") from e
+    if isinstance(result, int):
+        if result != 0:
+            raise RuntimeError(f"torchrun exited with code {result}; resumable checkpoint: "
+                               f"{latest_checkpoint(config.out_dir)}")
+        return {"step": None, "checkpoint": latest_checkpoint(config.out_dir)}
+    return {"step": result.step, "epoch": result.epoch, "loss": result.last_loss, "checkpoint": result.checkpoint}
+
+
+def _report(config: TrainConfig, summary: dict[str, Any]) -> None:
+    from emotionclip.training.metrics import EPOCHS_FILE, METRICS_FILE, read_jsonl
+
+    out = Path(config.out_dir)
+    epochs = read_jsonl(out / EPOCHS_FILE)
+    rows = [{"epoch": e["epoch"], "step": e["step"], "loss": round(e["loss"], 5) if e.get("loss") is not None else None,
+             "clips_per_s": round(e["clips_per_s"], 2) if e.get("clips_per_s") else None,
+             "data_wait_frac": round(e["data_wait_frac"], 3) if e.get("data_wait_frac") is not None else None}
+            for e in epochs]
+    if not rows:  # stopped inside the first epoch: the last logged step instead
+        steps = read_jsonl(out / METRICS_FILE)
+        rows = [{"epoch": s["epoch"], "step": s["step"], "loss": s["loss"], "clips_per_s": s.get("clips_per_s"),
+                 "data_wait_frac": s.get("data_wait_frac")} for s in steps[-1:]]
+    create_table_artifact(table=rows, key="pretrain-epochs", description="Per-epoch loss and throughput")
+    ckpt = summary.get("checkpoint")
+    link = Path(ckpt).resolve().as_uri() if ckpt and "://" not in ckpt else ckpt
+    create_markdown_artifact(
+        key="pretrain-checkpoint",
+        markdown=(f"## EmotionCLIP checkpoint\n\n[{ckpt}]({link})\n\n"
+                  f"- preset: `{config.preset}`\n- step: {summary.get('step')}\n- loss: {summary.get('loss')}\n"
+                  f"- metrics: `{out / METRICS_FILE}`, TensorBoard: `{out / 'tensorboard'}`\n\n"
+                  f"Load with `EmotionCLIP.load(path)`; resume with `emotionclip train ... --resume latest`."),
+        description="Latest checkpoint")
+
+
+@flow(name="pretrain", log_prints=True)
+def pretrain(
+    manifests: Optional[str] = None,
+    out_dir: str = "runs/pretrain",
+    preset: str = "paper",
+    overrides: Optional[dict[str, Any]] = None,
+    devices: int = 1,
+    profile: Optional[str] = None,
+    catalog: Optional[str] = None,
+    data_root: Optional[str] = None,
+    resume: Optional[str] = "latest",
+    max_steps: Optional[int] = None,
+) -> dict[str, Any]:
+    """Pre-train EmotionCLIP. `manifests` defaults to the catalog's manifests folder;
+    `overrides` are TrainConfig fields (e.g. {"batch_size": 64}); `devices` > 1 runs
+    torchrun with one process per GPU on this machine."""
+    logger = get_run_logger()
+    config = _config(manifests, out_dir, preset, overrides, profile, catalog, data_root, resume, max_steps)
+    info = validate_inputs(config, devices)
+    logger.info("training on %d clips from %d videos, %d device(s)", info["clips"], info["videos"], devices)
+    summary = train_model(config, devices)
+    _report(config, summary)
+    return {**info, **summary}

@@ -1,0 +1,205 @@
+"""The pre-training loader on real frame stores (ffmpeg-made videos)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from emotionclip.errors import StageError
+from emotionclip.models.factory import TINY_MODEL_NAME, get_tokenizer
+from emotionclip.schemas import LOGIT_COLUMNS
+from emotionclip.models.transforms import boxes_to_mask
+from emotionclip.frames import FrameStore
+from emotionclip.training.dataset import (
+    ClipDataset,
+    cropped_boxes_mask,
+    decode_frame,
+    normalize_frames,
+    sample_frame_indices,
+)
+from emotionclip.training.sampler import ResumableSampler
+from training_data import BOX_PX, VIDEO_H, VIDEO_W, make_corpus
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    return make_corpus(root, n_videos=2, clips_per_video=4, box_video=True)
+
+
+def _dataset(corpus, **kw) -> ClipDataset:
+    cat, df = corpus
+    return ClipDataset(df, lambda v: cat.artifact("frames", v), get_tokenizer(TINY_MODEL_NAME), **kw)
+
+
+def test_shapes_and_types(corpus):
+    ds = _dataset(corpus)
+    item = ds[0]
+    assert item["frames"].shape == (8, 3, 224, 224) and item["frames"].dtype == torch.uint8
+    assert item["masks"].shape == (8, 224, 224) and item["masks"].dtype == torch.uint8
+    assert item["tokens"].shape == (77,) and item["tokens"].dtype == torch.long
+    assert torch.allclose(item["sentiment"], torch.tensor(corpus[1].loc[0, LOGIT_COLUMNS].to_numpy(np.float32)))
+    batch = next(iter(DataLoader(ds, batch_size=3)))
+    assert batch["frames"].shape == (3, 8, 3, 224, 224)
+    x = normalize_frames(batch["frames"], (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    assert x.shape == (3, 8, 3, 224, 224) and x.dtype == torch.float32
+    assert torch.allclose(x[1, 2, 0], (batch["frames"][1, 2, 0].float() / 255 - 0.5) / 0.25)
+
+
+def test_frame_indices_in_range_sorted_and_repeating_when_short(corpus):
+    ds = _dataset(corpus)
+    _, df = corpus
+    for i in range(len(ds)):
+        idx = ds[i]["frame_idx"].numpy()
+        start, end = df.loc[i, "frame_start"], df.loc[i, "frame_end"]
+        assert idx.min() >= start and idx.max() <= end
+        assert (np.diff(idx) >= 0).all()
+        n = end - start + 1
+        if n >= 8:
+            assert len(set(idx.tolist())) == 8  # without replacement
+        else:
+            assert set(idx.tolist()) == set(range(start, end + 1))  # every frame, plus repeats
+
+
+def test_sampling_rules():
+    rng = np.random.default_rng(0)
+    assert sample_frame_indices(10, 17, 8, train=False, rng=rng).tolist() == list(range(10, 18))
+    assert sample_frame_indices(0, 70, 8, train=False, rng=rng).tolist() == [0, 10, 20, 30, 40, 50, 60, 70]
+    assert sample_frame_indices(5, 7, 8, train=False, rng=rng).min() == 5
+    draws = {tuple(sample_frame_indices(0, 30, 8, train=True, rng=rng)) for _ in range(20)}
+    assert len(draws) > 1
+
+
+def test_mask_agrees_with_crop(corpus):
+    """The white box in the video lands exactly where the mask (from the normalized
+    box, under the same per-frame random crop) says it is."""
+    for train in (True, False):
+        ds = _dataset(corpus, train=train)
+        for i in (0, 3, 5):
+            item = ds[i]
+            img = item["frames"].float().mean(dim=1)  # [T, H, W] grey
+            mask = item["masks"].bool()
+            assert mask.any()
+            # erode/dilate by 2 px: JPEG and scaling blur the box edges
+            inner = -torch.nn.functional.max_pool2d(-mask.float()[:, None], 5, 1, 2)[:, 0] > 0.5
+            outer = torch.nn.functional.max_pool2d(mask.float()[:, None], 5, 1, 2)[:, 0].bool()
+            assert img[inner].min() > 200
+            # (the conf-0.3 box on black would fail the first check if it were in the mask)
+            assert img[~outer].max() < 60
+
+
+def test_per_frame_random_crops_differ_and_eval_is_centred(corpus):
+    ds = _dataset(corpus, train=True)
+    masks = ds[0]["masks"]
+    offsets = {tuple(np.argwhere(m.numpy())[0]) for m in masks}
+    assert len(offsets) > 1  # independent crop per frame
+    ev = _dataset(corpus, train=False)[0]["masks"]
+    # centre crop of a 341x256 frame: left=58, top=16; box left edge at 100/320*341 = 106.6 px
+    cols = np.argwhere(ev[0].numpy().any(axis=0))[:, 0]
+    rows = np.argwhere(ev[0].numpy().any(axis=1))[:, 0]
+    assert cols.min() == int(np.ceil(BOX_PX[0] / VIDEO_W * 341 - 0.5)) - 58
+    assert rows.min() == int(np.ceil(BOX_PX[1] / VIDEO_H * 256 - 0.5)) - 16
+
+
+def test_decoded_frames_match_the_frame_store(corpus):
+    """torchvision's decode of the stored JPEG = the FrameStore's PIL image (both libjpeg)."""
+    cat, _ = corpus
+    store = FrameStore(cat.artifact("frames", "vid0"))
+    ours = decode_frame(store.read_bytes(3)).permute(1, 2, 0).numpy().astype(int)
+    pil = np.asarray(store[3]).astype(int)
+    assert ours.shape == pil.shape and np.abs(ours - pil).max() <= 2
+
+
+def test_resized_when_stored_frames_are_larger(corpus, tmp_path):
+    from emotionclip.models.transforms import PreprocessConfig
+
+    ds = _dataset(corpus, preprocess=PreprocessConfig(resize=160, crop=128), train=False)
+    item = ds[0]
+    assert item["frames"].shape == (8, 3, 128, 128) and item["masks"].any()
+
+
+def test_cropped_mask_equals_full_mask_cropped():
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        xy = rng.uniform(0, 1, size=(3, 4))
+        boxes = np.stack([np.minimum(xy[:, 0], xy[:, 2]), np.minimum(xy[:, 1], xy[:, 3]),
+                          np.maximum(xy[:, 0], xy[:, 2]), np.maximum(xy[:, 1], xy[:, 3])], 1)
+        w, h = int(rng.integers(224, 400)), int(rng.integers(224, 300))
+        left, top = int(rng.integers(0, w - 224 + 1)), int(rng.integers(0, h - 224 + 1))
+        full = boxes_to_mask(boxes, None, h, w)[top:top + 224, left:left + 224].numpy()
+        assert np.array_equal(cropped_boxes_mask(boxes, w, h, left, top, 224).astype(bool), full)
+
+
+def test_deterministic_per_epoch_and_index(corpus):
+    ds = _dataset(corpus)
+    a, b = ds[2], ds[2]
+    assert torch.equal(a["frames"], b["frames"]) and torch.equal(a["frame_idx"], b["frame_idx"])
+    ds.set_epoch(1)
+    c = ds[2]
+    assert not torch.equal(a["masks"], c["masks"]) or not torch.equal(a["frame_idx"], c["frame_idx"])
+
+
+def test_workers_and_sampler_give_the_same_samples(corpus):
+    ds = _dataset(corpus)
+    sampler = ResumableSampler(len(ds), seed=3)
+    sampler.set_epoch(0)
+    one = [b["index"] for b in DataLoader(ds, batch_size=2, sampler=sampler, num_workers=0)]
+    two = [b["index"] for b in DataLoader(ds, batch_size=2, sampler=sampler, num_workers=2)]
+    assert torch.equal(torch.cat(one), torch.cat(two))
+
+
+def test_unreadable_clip_is_logged_and_replaced(corpus, caplog):
+    cat, df = corpus
+    df = df.copy()
+    df.loc[1, "video_id"] = "missing_video"  # no frame store
+    df.loc[2, "frame_end"] = 10_000  # past the end of the store
+    df.loc[2, "frame_start"] = 9_990
+    ds = ClipDataset(df, lambda v: cat.artifact("frames", v), get_tokenizer(TINY_MODEL_NAME))
+    with caplog.at_level(logging.WARNING):
+        item1, item2 = ds[1], ds[2]
+    assert int(item1["index"]) not in (1, 2)
+    assert int(item2["index"]) not in (1, 2)
+    assert item1["frames"].float().std() > 0  # real frames, not zeros
+    assert "missing_video" in caplog.text and "vid0:2" in caplog.text
+    assert int(ds[1]["index"]) == int(item1["index"])  # replacement is deterministic
+
+
+def test_all_unreadable_raises_stage_error(corpus):
+    cat, df = corpus
+    df = df.copy()
+    df["video_id"] = "missing_video"
+    ds = ClipDataset(df, lambda v: cat.artifact("frames", v), get_tokenizer(TINY_MODEL_NAME), max_replacements=2)
+    with pytest.raises(StageError, match="missing_video"):
+        ds[0]
+
+
+def test_sampler_resume_and_ranks():
+    s = ResumableSampler(10, num_replicas=2, rank=1, seed=5)
+    s.set_epoch(3)
+    full = list(s)
+    s.set_epoch(3, start=2)
+    assert list(s) == full[2:]
+    other = ResumableSampler(10, num_replicas=2, rank=0, seed=5)
+    other.set_epoch(3)
+    assert sorted(full + list(other)) == list(range(10))
+    s.set_epoch(4)
+    assert list(s) != full
+
+
+def test_fsspec_data_root(corpus):
+    """Frame stores under an fsspec URL (memory://) load the same clip."""
+    import fsspec
+
+    cat, df = corpus
+    fs = fsspec.filesystem("memory")
+    for vid in sorted(set(df["video_id"])):
+        with open(cat.artifact("frames", vid), "rb") as f:
+            fs.pipe(f"/clips-test/{vid}/frames.zip", f.read())
+    remote = ClipDataset(df, lambda v: f"memory://clips-test/{v}/frames.zip", get_tokenizer(TINY_MODEL_NAME))
+    local = _dataset(corpus)
+    a, b = remote[4], local[4]
+    assert torch.equal(a["frames"], b["frames"]) and torch.equal(a["masks"], b["masks"])

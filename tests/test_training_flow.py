@@ -1,0 +1,47 @@
+"""The `pretrain` Prefect flow on the tiny model (a temporary Prefect server)."""
+
+from __future__ import annotations
+
+import pytest
+
+from emotionclip.training.metrics import read_jsonl
+from training_data import make_corpus, write_manifest
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("flow")
+    cat, df = make_corpus(root, n_videos=2, clips_per_video=2, duration_s=2.0)
+    manifest = write_manifest(df, root / "manifests" / "clips-00000.parquet")
+    return root, manifest, df
+
+
+SMALL = {"batch_size": 2, "num_workers": 0, "num_frames": 2, "epochs": 1, "log_every_steps": 1}
+
+
+def test_pretrain_flow_trains_reports_and_fails_with_reason(corpus, tmp_path, monkeypatch):
+    # the temporary server starts slowly on a busy 2-core machine (default timeout 20 s)
+    monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    from prefect.artifacts import Artifact
+
+    from flows.pretrain import pretrain
+
+    root, manifest, df = corpus
+    out = tmp_path / "run"
+    result = pretrain(manifests=str(manifest.parent), out_dir=str(out), profile="tiny", data_root=str(root),
+                      overrides=SMALL)
+    assert result["clips"] == 4 and result["step"] == 2 and result["checkpoint"].endswith(".pt")
+    assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == [1, 2]
+    table = Artifact.get("pretrain-epochs")
+    assert table is not None and '"epoch": 0' in table.data.replace("'", '"')
+    assert Artifact.get("pretrain-checkpoint") is not None
+
+    # a video without frame store: Failed, naming it
+    bad = df.copy()
+    bad.loc[0, "video_id"] = "novideo"
+    bad_manifest = write_manifest(bad, tmp_path / "bad" / "clips-00000.parquet")
+    state = pretrain(manifests=str(bad_manifest), out_dir=str(tmp_path / "bad_run"), profile="tiny",
+                     data_root=str(root), overrides=SMALL, return_state=True)
+    assert state.is_failed() and "novideo" in str(state.message) + repr(state.result(raise_on_failure=False))

@@ -71,8 +71,11 @@ def _extra_deployments() -> list[DeploymentSpec]:
     if (REPO_ROOT / "flows" / "pretrain.py").exists():
         out.append(DeploymentSpec(
             "flows/pretrain.py:pretrain", "tiny",
-            "Pre-train the tiny model on the sample manifests (smoke test of the training path).",
-            parameters={}, env=OFFLINE_ENV, tags=["sample"]))
+            "Pre-train the tiny model on the sample manifests (smoke test of the training path): "
+            "run build-tv-dataset/sample-tiny first.",
+            parameters={"profile": "tiny", "out_dir": str(REPO_ROOT / "runs" / "pretrain-tiny"),
+                        "overrides": {"batch_size": 4, "num_workers": 0, "epochs": 1}},
+            env=OFFLINE_ENV, tags=["sample"]))
     return out
 
 

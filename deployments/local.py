@@ -55,11 +55,13 @@ def _pidfile(home: Path, what: str) -> Path:
 
 
 def _alive(pid: int) -> bool:
+    """True if `pid` runs (a killed child not yet reaped is a zombie: not alive)."""
+    import psutil
+
     try:
-        os.kill(pid, 0)
-    except OSError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    return True
 
 
 def _read_pid(home: Path, what: str) -> Optional[int]:

@@ -92,11 +92,17 @@ def _latest_flow_run(server, deployment_name="sample-tiny"):
     return _client_call(server, fn)
 
 
-def test_sample_deployment_runs_and_second_run_is_cached(server):
+@pytest.fixture(scope="module")
+def reference(server) -> pd.DataFrame:
+    """An uninterrupted run of the sample deployment: its manifests."""
+    _run_deployment(server)
+    return _manifest(server["data"] / "main")
+
+
+def test_sample_deployment_runs_and_second_run_is_cached(server, reference):
     assert "build-tv-dataset/sample-tiny" in server["names"]
     root = server["data"] / "main"
-    _run_deployment(server)
-    first = _manifest(root)
+    first = reference
     assert len(first) > 0
     assert (root / "card" / "README.md").exists()
     failures = pd.read_parquet(root / "manifests" / "failures.parquet")
@@ -121,7 +127,7 @@ def test_sample_deployment_runs_and_second_run_is_cached(server):
     pd.testing.assert_frame_equal(first, _manifest(root))
 
 
-def test_schedules_pause_resume_and_run_with_parameters(server):
+def test_schedules_pause_resume_and_run_with_parameters(server, reference):
     """What the UI does, through the same REST API."""
 
     async def fn(client):
@@ -159,7 +165,7 @@ def test_schedules_pause_resume_and_run_with_parameters(server):
         time.sleep(2)
     assert fr.state.is_completed(), fr.state
     # max_neutral 1.0 keeps every clip that passes the other filters
-    assert len(_manifest(other)) >= len(_manifest(server["data"] / "main"))
+    assert len(_manifest(other)) >= len(reference)
 
 
 def _kill_tree(pid: int) -> None:
@@ -174,7 +180,7 @@ def _kill_tree(pid: int) -> None:
             pass
 
 
-def test_kill_worker_mid_run_then_resume(server):
+def test_kill_worker_mid_run_then_resume(server, reference):
     root = server["data"] / "killed"
     out = _prefect(server, "deployment", "run", "build-tv-dataset/sample-tiny",
                    "--param", f"data_root={json.dumps(str(root))}")
@@ -190,7 +196,7 @@ def test_kill_worker_mid_run_then_resume(server):
 
     local.start_worker(server["home"], server["port"])
     _run_deployment(server, params={"data_root": str(root)})
-    pd.testing.assert_frame_equal(_manifest(server["data"] / "main"), _manifest(root))
+    pd.testing.assert_frame_equal(reference, _manifest(root))
 
 
 def test_corrupt_video_is_recorded_and_others_complete(server, tmp_path):

@@ -203,3 +203,45 @@ def test_fsspec_data_root(corpus):
     local = _dataset(corpus)
     a, b = remote[4], local[4]
     assert torch.equal(a["frames"], b["frames"]) and torch.equal(a["masks"], b["masks"])
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_batched_loading_equals_per_sample(corpus, workers):
+    """`__getitems__` + `collate_clips` (the training loop's path: frames decoded
+    into one batch buffer, masks as crop-space rectangles rasterised later) gives
+    exactly the per-sample items, in the main process and from workers."""
+    from emotionclip.training.dataset import batch_masks, collate_clips
+
+    ds = _dataset(corpus)
+    fast = next(iter(DataLoader(ds, batch_size=4, num_workers=workers, collate_fn=collate_clips)))
+    assert "masks" not in fast and fast["mask_boxes"].shape[1] == 6
+    assert fast["frames"].shape == (4, 8, 3, 224, 224) and fast["frames"].dtype == torch.uint8
+    per = [ds[i] for i in range(4)]
+    for key in ("frames", "tokens", "sentiment", "frame_idx", "index"):
+        assert torch.equal(fast[key], torch.stack([p[key] for p in per])), key
+    masks = batch_masks(fast)
+    assert masks.dtype == torch.uint8 and masks.any()
+    assert torch.equal(masks, torch.stack([p["masks"] for p in per]))
+    # the default collate on the same batches still gets dense masks
+    plain = next(iter(DataLoader(ds, batch_size=4, num_workers=workers)))
+    assert torch.equal(plain["masks"], masks) and torch.equal(plain["frames"], fast["frames"])
+
+
+def test_rasterized_boxes_equal_the_cropped_mask():
+    from emotionclip.training.dataset import crop_box_ranges, rasterize_mask_boxes
+
+    rng = np.random.default_rng(2)
+    rows, want = [], torch.zeros(2, 3, 64, 64, dtype=torch.uint8)
+    for b in range(2):
+        for t in range(3):
+            xy = rng.uniform(-0.1, 1.1, size=(4, 4))
+            boxes = np.stack([np.minimum(xy[:, 0], xy[:, 2]), np.minimum(xy[:, 1], xy[:, 3]),
+                              np.maximum(xy[:, 0], xy[:, 2]), np.maximum(xy[:, 1], xy[:, 3])], 1)
+            w, h = int(rng.integers(64, 120)), int(rng.integers(64, 90))
+            left, top = int(rng.integers(0, w - 63)), int(rng.integers(0, h - 63))
+            want[b, t] = torch.from_numpy(boxes_to_mask(boxes, None, h, w)[top:top + 64, left:left + 64].numpy())
+            r = crop_box_ranges(boxes, w, h, left, top, 64)
+            rows.append(np.concatenate([np.full((len(r), 2), (b, t), np.int32), r], 1))
+    got = rasterize_mask_boxes(torch.from_numpy(np.concatenate(rows)), 2, 3, 64)
+    assert torch.equal(got, want) and want.any()
+    assert not rasterize_mask_boxes(torch.zeros(0, 6, dtype=torch.int32), 1, 2, 8).any()

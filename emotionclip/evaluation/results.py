@@ -21,6 +21,17 @@ import pandas as pd
 
 # (dataset, split, metric) -> EmotionCLIP's linear-probe number in Table 4 of the paper.
 # None = not recorded here (see module docstring); never a guessed value.
+#
+# Provenance check (research pass for the lead): the paper's text is stored in the
+# search tool's `pages` corpus as SPIQA copies (".../SPIQA_train_val_test-A_raw_tex/
+# 2305.13500v1.txt" and ".../SPIQA_train_val_test-A_extracted_paragraphs/2305.13500v1.txt"),
+# but every query (table, BoLD/MELD/LIRIS metrics, SAAM, implementation details)
+# returned only the first part of the Introduction of either copy; the tables were
+# never in the text we could read. So no entry below could be filled from the paper
+# and all stay None; PAPER_VERIFIED stays False. Details: /work/notes/saam_findings.md.
+# Lead, NOT used (second-hand, unverified): a third-party literature note on GitHub
+# reads "BoLD 22.51 vs X-CLIP 13.26 (T4)" for EmotionCLIP's linear-probe BoLD mAP;
+# confirm it against Table 4 of the PDF before entering it.
 PAPER_TABLE4: dict[tuple[str, str, str], float | None] = {
     ("bold", "val", "mAP"): None,
     ("bold", "val", "AUC"): None,

@@ -80,6 +80,16 @@ class TrainConfig(BaseModel):
     log_every_steps: int = Field(10, ge=1)
     resume: str | None = None  # "latest", a checkpoint path, or None
     device: str = "auto"  # auto: cuda:LOCAL_RANK when present, else cpu
+    dist_timeout_s: int | None = Field(None, ge=1)  # collective timeout; None = torch's default (raise it for long probes)
+
+    # -- in-training linear probe (authors: BoLD every epoch) ------------------
+    probe_dataset: str | None = None  # an evaluation benchmark (bold, meld, moviegraphs, emotic, liris); None = off
+    probe_root: str | None = None  # the benchmark's folder in its published layout
+    probe_every_epochs: int = Field(1, ge=1)
+    probe_limit: int | None = Field(None, ge=1)  # first N samples of each split (smoke runs)
+    probe_batch_size: int = Field(16, ge=1)
+    probe_detect: bool = True  # detect humans (catalog detector) where the benchmark gives no box
+    probe_c_mode: Literal["preset", "search"] = "preset"  # authors' fixed C, or searched on validation
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
@@ -88,6 +98,13 @@ class TrainConfig(BaseModel):
         if "://" in self.out_dir:
             # TensorBoard event files and metrics.jsonl are appended to: a local folder
             raise ValueError(f"out_dir must be a local folder, got {self.out_dir!r}")
+        if self.probe_dataset:
+            from emotionclip.evaluation.datasets import NAMES
+
+            if self.probe_dataset not in NAMES:
+                raise ValueError(f"unknown probe_dataset {self.probe_dataset!r}; choose one of {list(NAMES)}")
+            if not self.probe_root:
+                raise ValueError("probe_dataset needs probe_root (the benchmark's folder)")
         return self
 
 

@@ -23,6 +23,7 @@ import io
 import logging
 import warnings
 from collections import OrderedDict
+from collections.abc import Sequence as SequenceABC
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -104,20 +105,50 @@ def resize_frame(img: torch.Tensor, width: int, height: int, interpolation: str)
     return resize(img, [height, width], interpolation=mode, antialias=True)
 
 
+def crop_box_ranges(boxes: np.ndarray, width: int, height: int, left: int, top: int, size: int) -> np.ndarray:
+    """Each box's pixel rectangle inside a `size` crop at (left, top) of a `width` x
+    `height` frame: int32 [K, 4] = (row0, row1, col0, col1), half-open, empty boxes
+    dropped. A pixel belongs to a box when its centre lies inside it, in float32 as
+    `boxes_to_mask`; pixel centres increase along a row, so each test is a range."""
+    ys = (np.arange(top, top + size, dtype=np.float32) + np.float32(0.5)) / np.float32(height)
+    xs = (np.arange(left, left + size, dtype=np.float32) + np.float32(0.5)) / np.float32(width)
+    b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    # first centre >= x1 .. first centre >= x2: exactly the centres with x1 <= c < x2
+    r = np.stack([np.searchsorted(ys, b[:, 1], "left"), np.searchsorted(ys, b[:, 3], "left"),
+                  np.searchsorted(xs, b[:, 0], "left"), np.searchsorted(xs, b[:, 2], "left")], 1).astype(np.int32)
+    return r[(r[:, 1] > r[:, 0]) & (r[:, 3] > r[:, 2])]
+
+
+def fill_ranges(mask: np.ndarray, ranges: np.ndarray) -> np.ndarray:
+    """Set the (row0, row1, col0, col1) rectangles of `ranges` to 1 in `mask` [S, S]."""
+    for r0, r1, c0, c1 in ranges:
+        mask[r0:r1, c0:c1] = 1
+    return mask
+
+
 def cropped_boxes_mask(boxes: np.ndarray, width: int, height: int, left: int, top: int, size: int) -> np.ndarray:
     """`boxes_to_mask(boxes, None, height, width)[top:top+size, left:left+size]`,
     computed for the crop window only (the full-frame mask costs more than the
     JPEG decode). Same rule and float32 arithmetic: a pixel belongs to a box when
     its centre lies inside it."""
-    ys = (np.arange(top, top + size, dtype=np.float32) + np.float32(0.5)) / np.float32(height)
-    xs = (np.arange(left, left + size, dtype=np.float32) + np.float32(0.5)) / np.float32(width)
-    mask = np.zeros((size, size), dtype=bool)
-    for x1, y1, x2, y2 in boxes.astype(np.float32):
-        rows = (ys >= y1) & (ys < y2)
-        cols = (xs >= x1) & (xs < x2)
-        if rows.any() and cols.any():
-            mask |= rows[:, None] & cols[None, :]
-    return mask.view(np.uint8)
+    return fill_ranges(np.zeros((size, size), dtype=np.uint8), crop_box_ranges(boxes, width, height, left, top, size))
+
+
+def rasterize_mask_boxes(mask_boxes: torch.Tensor, batch: int, frames: int, size: int,
+                         device: torch.device | str | None = None) -> torch.Tensor:
+    """The subject masks of a batch from `collate_clips`' "mask_boxes" (int32 [N, 6]:
+    sample, frame, row0, row1, col0, col1) -> uint8 [batch, frames, size, size], on
+    `device`. A 2-D difference array (+1/-1 at each rectangle's corners, two
+    cumulative sums) paints every rectangle at once; > 0 is their union."""
+    device = torch.device(device) if device is not None else mask_boxes.device
+    mb = mask_boxes.to(device=device, dtype=torch.long)
+    diff = torch.zeros(batch, frames, size + 1, size + 1, dtype=torch.int32, device=device)
+    if len(mb):
+        b, t, r0, r1, c0, c1 = mb.unbind(1)
+        one = torch.ones(len(mb), dtype=torch.int32, device=device)
+        for rr, cc, sign in ((r0, c0, 1), (r0, c1, -1), (r1, c0, -1), (r1, c1, 1)):
+            diff.index_put_((b, t, rr, cc), one * sign, accumulate=True)
+    return (diff.cumsum(2).cumsum(3)[:, :, :size, :size] > 0).to(torch.uint8)
 
 
 class _Boxes:
@@ -224,12 +255,16 @@ class ClipDataset(Dataset):
     def _rng(self, index: int, attempt: int = 0) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.epoch, index, attempt])
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def _fetch(self, index: int, frames_out: np.ndarray, hwc: bool) -> tuple[int, np.ndarray, list[np.ndarray]]:
+        """Clip `index` (or its replacement) into `frames_out`; returns (row loaded,
+        frame indices, per-frame mask rectangles)."""
         tried = index
         errors = []
         for attempt in range(self.max_replacements + 1):
             try:
-                return self.load(tried, self._rng(tried, attempt))
+                # a failed attempt may leave frames written: the next one overwrites all of them
+                idx, ranges = self._load_into(tried, self._rng(tried, attempt), frames_out, hwc)
+                return tried, idx, ranges
             except Exception as err:  # noqa: BLE001 - any unreadable clip is replaced, and logged
                 errors.append(f"{self.clip_ids[tried]}: {err}")
                 log.warning("[%s] video %s: clip %s unreadable (%s); replaced by another clip",
@@ -240,18 +275,77 @@ class ClipDataset(Dataset):
                          f"clip {self.clip_ids[index]} and {self.max_replacements} replacements unreadable: "
                          + "; ".join(errors[-3:]))
 
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        s = self.preprocess.crop
+        frames = np.empty((self.num_frames, 3, s, s), dtype=np.uint8)
+        i, idx, ranges = self._fetch(index, frames, hwc=False)
+        masks = np.zeros((self.num_frames, s, s), dtype=np.uint8)
+        for t, r in enumerate(ranges):
+            fill_ranges(masks[t], r)
+        return {
+            "frames": torch.from_numpy(frames),
+            "masks": torch.from_numpy(masks),
+            "tokens": self.tokenizer([self.texts[i]])[0].long(),
+            "sentiment": torch.from_numpy(self.logits[i].copy()),
+            "frame_idx": torch.from_numpy(idx),
+            "index": torch.tensor(i, dtype=torch.long),
+        }
+
+    def __getitems__(self, indices: Sequence[int]) -> "ClipBatch":
+        """A DataLoader batch in one go (torch calls this instead of `__getitem__`
+        per index): the same samples, decoded straight into one batch buffer that
+        lives in shared memory inside a worker (no per-sample arrays, no collate
+        copy, frames copied in the decoder's HWC order). `collate_clips` returns
+        that batch as is; the default collate still gets a list of samples."""
+        n, t, s = len(indices), self.num_frames, self.preprocess.crop
+        hwc = _batch_tensor((n, t, s, s, 3), torch.uint8)
+        buf = hwc.numpy()
+        rows, mask_boxes, fidx = [], [], []
+        for b, index in enumerate(indices):
+            i, idx, ranges = self._fetch(int(index), buf[b], hwc=True)
+            rows.append(i)
+            fidx.append(idx)
+            for k, r in enumerate(ranges):
+                if len(r):
+                    mask_boxes.append(np.concatenate([np.full((len(r), 2), (b, k), np.int32), r], 1))
+        rows_np = np.asarray(rows, dtype=np.int64)
+        batch = {
+            "frames": hwc.permute(0, 1, 4, 2, 3),  # [B, T, 3, S, S] view of the HWC buffer
+            "mask_boxes": torch.from_numpy(np.concatenate(mask_boxes) if mask_boxes
+                                           else np.zeros((0, 6), np.int32)),
+            "tokens": self.tokenizer([self.texts[i] for i in rows]).long(),
+            "sentiment": torch.from_numpy(self.logits[rows_np]),
+            "frame_idx": torch.from_numpy(np.stack(fidx)),
+            "index": torch.from_numpy(rows_np),
+        }
+        return ClipBatch(batch, s)
+
     def load(self, i: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
-        """Clip `i` with the random choices drawn from `rng`."""
+        """Clip `i` with the random choices drawn from `rng` (no replacement)."""
+        s = self.preprocess.crop
+        frames = np.empty((self.num_frames, 3, s, s), dtype=np.uint8)
+        idx, ranges = self._load_into(i, rng, frames, hwc=False)
+        masks = np.zeros((self.num_frames, s, s), dtype=np.uint8)
+        for t, r in enumerate(ranges):
+            fill_ranges(masks[t], r)
+        return {"frames": torch.from_numpy(frames), "masks": torch.from_numpy(masks),
+                "tokens": self.tokenizer([self.texts[i]])[0].long(),
+                "sentiment": torch.from_numpy(self.logits[i].copy()), "frame_idx": torch.from_numpy(idx),
+                "index": torch.tensor(i, dtype=torch.long)}
+
+    def _load_into(self, i: int, rng: np.random.Generator, out: np.ndarray,
+                   hwc: bool) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Frames of clip `i` into `out` ([T, 3, S, S], or [T, S, S, 3] when `hwc`);
+        returns the frame indices and each frame's mask rectangles in crop pixels."""
         idx = sample_frame_indices(int(self.frame_start[i]), int(self.frame_end[i]), self.num_frames, self.train, rng)
         store = self._store(self.video_ids[i])
         unique, inverse = np.unique(idx, return_inverse=True)
         decoded = [decode_frame(store.read_bytes(int(k))) for k in unique]  # each frame once
         boxes = self.boxes.clip(i)
+        boxes = boxes[boxes[:, 5] > self.preprocess.box_conf_threshold]
         cfg = self.preprocess
         s = cfg.crop
-        # numpy for the per-frame copies: single-threaded, no OpenMP hand-off per small copy
-        frames = np.empty((self.num_frames, 3, s, s), dtype=np.uint8)
-        masks = np.zeros((self.num_frames, s, s), dtype=np.uint8)
+        ranges = []
         for t, u in enumerate(inverse):
             img = decoded[u]
             h0, w0 = img.shape[-2:]
@@ -259,20 +353,76 @@ class ClipDataset(Dataset):
             if (w, h) != (w0, h0):  # stored frames are already at 256: usually a no-op
                 img = resize_frame(img, w, h, cfg.interpolation)
             left, top = crop_box(w, h, s, self.train, rng)
-            frames[t] = img.numpy()[:, top:top + s, left:left + s]
+            # numpy for the per-frame copies: single-threaded, no OpenMP hand-off per small copy;
+            # the decoder's tensor is an HWC buffer seen as CHW, so the HWC copy moves whole rows
+            if hwc:
+                out[t] = img.permute(1, 2, 0).numpy()[top:top + s, left:left + s]
+            else:
+                out[t] = img.numpy()[:, top:top + s, left:left + s]
             fb = boxes[boxes[:, 0] == idx[t]]
-            fb = fb[fb[:, 5] > cfg.box_conf_threshold]
-            if len(fb):
-                masks[t] = cropped_boxes_mask(fb[:, 1:5], w, h, left, top, s)
-        tokens = self.tokenizer([self.texts[i]])[0]
-        return {
-            "frames": torch.from_numpy(frames),
-            "masks": torch.from_numpy(masks),
-            "tokens": tokens.long(),
-            "sentiment": torch.from_numpy(self.logits[i].copy()),
-            "frame_idx": torch.from_numpy(idx),
-            "index": torch.tensor(i, dtype=torch.long),
-        }
+            ranges.append(crop_box_ranges(fb[:, 1:5], w, h, left, top, s) if len(fb)
+                          else np.zeros((0, 4), np.int32))
+        return idx, ranges
+
+
+class ClipBatch(SequenceABC):
+    """`ClipDataset.__getitems__`' result: the batch (`.batch`, which `collate_clips`
+    returns as is) that also reads as the list of per-sample dicts the default
+    collate expects (views into the batch, dense masks; built on first access)."""
+
+    def __init__(self, batch: dict[str, torch.Tensor], size: int) -> None:
+        self.batch = batch
+        self.size = size
+        self._samples: list[dict[str, torch.Tensor]] | None = None
+
+    def _items(self) -> list[dict[str, torch.Tensor]]:
+        if self._samples is None:
+            bt = self.batch
+            n, t = bt["frames"].shape[:2]
+            masks = rasterize_mask_boxes(bt["mask_boxes"], n, t, self.size)
+            self._samples = [{"frames": bt["frames"][b], "masks": masks[b], "tokens": bt["tokens"][b],
+                              "sentiment": bt["sentiment"][b], "frame_idx": bt["frame_idx"][b],
+                              "index": bt["index"][b]} for b in range(n)]
+        return self._samples
+
+    def __len__(self) -> int:
+        return len(self.batch["index"])
+
+    def __getitem__(self, k):  # type: ignore[override]
+        return self._items()[k]
+
+
+def collate_clips(samples: list[dict[str, torch.Tensor]] | ClipBatch) -> dict[str, torch.Tensor]:
+    """The training loader's collate: a `ClipBatch` passes through untouched
+    (frames [B, T, 3, S, S] uint8, "mask_boxes" instead of dense "masks"; see
+    `batch_masks`); a plain list of samples goes through the default collate."""
+    if isinstance(samples, ClipBatch):
+        return samples.batch
+    from torch.utils.data import default_collate
+
+    return default_collate(samples)
+
+
+def batch_masks(batch: dict[str, torch.Tensor], device: torch.device | str | None = None) -> torch.Tensor:
+    """uint8 [B, T, S, S] subject masks of a collated batch on `device`: dense
+    "masks" moved, or "mask_boxes" rasterised there (the one place the training
+    loop makes masks)."""
+    if "masks" in batch:
+        return batch["masks"].to(device) if device is not None else batch["masks"]
+    b, t, _, s, _ = batch["frames"].shape
+    return rasterize_mask_boxes(batch["mask_boxes"], b, t, s, device)
+
+
+def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised tensor, in shared memory inside a DataLoader worker (as the
+    default collate allocates its output), so it reaches the main process uncopied."""
+    from torch.utils.data import get_worker_info
+
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=dtype)
+    numel = int(np.prod(shape))
+    storage = torch.UntypedStorage._new_shared(numel * torch.empty((), dtype=dtype).element_size())
+    return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
 
 
 def normalize_frames(frames: torch.Tensor, mean: Sequence[float], std: Sequence[float],

@@ -8,6 +8,7 @@ MASTER_PORT, multi-node included) starts one process per device; `gloo` on CPU,
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -37,8 +38,9 @@ def resolve_device(requested: str, local_rank: int) -> torch.device:
     return torch.device(requested)
 
 
-def init_distributed(device: str = "auto") -> DistInfo:
-    """Join the process group when torchrun's variables say there are several ranks."""
+def init_distributed(device: str = "auto", timeout_s: float | None = None) -> DistInfo:
+    """Join the process group when torchrun's variables say there are several ranks.
+    `timeout_s`: how long collectives wait (the other ranks wait for rank 0's probe)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -46,7 +48,8 @@ def init_distributed(device: str = "auto") -> DistInfo:
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world)
+        kw = {"timeout": datetime.timedelta(seconds=timeout_s)} if timeout_s else {}
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world, **kw)
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=dev)
 
 

@@ -22,9 +22,10 @@ from torch.utils.data import DataLoader
 
 from emotionclip.training import checkpoint as ckpt
 from emotionclip.training.config import TrainConfig
-from emotionclip.training.dataset import ClipDataset, normalize_frames
+from emotionclip.training.dataset import ClipDataset, batch_masks, collate_clips, normalize_frames
 from emotionclip.training.distributed import DistInfo, all_gather_objects, barrier, init_distributed
 from emotionclip.training.metrics import MetricsLogger
+from emotionclip.training.probe import probe_due, run_epoch_probe
 from emotionclip.training.optim import build_optimizer, build_scheduler, clamp_logit_scale, group_lrs
 from emotionclip.training.sampler import ResumableSampler
 
@@ -115,7 +116,7 @@ def train(config: TrainConfig, *, dataset: ClipDataset | None = None, model: Any
     notebooks); otherwise they come from the config and the catalog."""
     from emotionclip.models import SentimentGuidedLoss, gather_features
 
-    info = init_distributed(config.device)
+    info = init_distributed(config.device, config.dist_timeout_s)
     device = info.device
     precision = resolve_precision(config.precision, device)
     # identical initial weights on every rank (DDP also broadcasts rank 0's)
@@ -210,6 +211,7 @@ def train(config: TrainConfig, *, dataset: ClipDataset | None = None, model: Any
             dataset.set_epoch(epoch)
             loader = DataLoader(
                 dataset, batch_size=micro, sampler=sampler, num_workers=config.num_workers,
+                collate_fn=collate_clips,  # batches built in the workers pass through uncopied
                 pin_memory=device.type == "cuda", drop_last=True,
                 # own generator: creating the iterator must not consume the global RNG
                 generator=torch.Generator().manual_seed(config.seed + epoch),
@@ -227,8 +229,9 @@ def train(config: TrainConfig, *, dataset: ClipDataset | None = None, model: Any
                     wait = time.perf_counter() - t0
                     win_wait += wait
                     ep_wait += wait
-                    frames = normalize_frames(batch["frames"].to(device, non_blocking=True), mean, std)
-                    masks = batch["masks"].to(device, non_blocking=True).float()
+                    # frames come as an HWC buffer seen as [B, T, 3, S, S]: made contiguous on the device
+                    frames = normalize_frames(batch["frames"].to(device, non_blocking=True), mean, std).contiguous()
+                    masks = batch_masks(batch, device).float()  # rasterised here from crop-space boxes
                     tokens = batch["tokens"].to(device, non_blocking=True)
                     sentiment = batch["sentiment"].to(device, non_blocking=True).float()
                     sync = k == config.grad_accum_steps - 1
@@ -279,13 +282,19 @@ def train(config: TrainConfig, *, dataset: ClipDataset | None = None, model: Any
             if step_in_epoch >= steps_per_epoch:
                 path = save(ckpt.epoch_checkpoint_name(epoch, step))
                 el = time.perf_counter() - ep_t0
-                metrics.log_epoch({
+                row = {
                     "epoch": epoch, "step": step,
                     "loss": sum(ep_losses) / len(ep_losses) if ep_losses else None,
                     "clips_per_s": ep_clips / el if el > 0 else None,
                     "data_wait_frac": ep_wait / el if el > 0 else None,
                     "checkpoint": path,
-                })
+                }
+                if probe_due(config, epoch):
+                    if info.is_main:  # the bare model: no collective inside; the others wait below
+                        row["probe"] = run_epoch_probe(model, config, epoch, step, device)
+                        log.info("epoch %d probe on %s: %s", epoch, config.probe_dataset, row["probe"]["metrics"])
+                    barrier()
+                metrics.log_epoch(row)
                 epoch += 1
                 step_in_epoch = 0
                 done = done or (max_steps is not None and step >= max_steps)

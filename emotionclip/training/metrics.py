@@ -2,7 +2,8 @@
 
 One JSON line per logged step: {step, epoch, loss, lr: {group: lr},
 logit_scale, clips_per_s, data_wait_frac}; one line per finished epoch in
-`epochs.jsonl`: {epoch, step, loss, clips_per_s, data_wait_frac, checkpoint}.
+`epochs.jsonl`: {epoch, step, loss, clips_per_s, data_wait_frac, checkpoint} and,
+on probed epochs, probe: {dataset, metrics: {"split/metric": value}, results, skipped}.
 Lines are appended and flushed at once, so a crashed run keeps what it logged;
 on resume, lines past the checkpoint's step are dropped first so the files
 read as one uninterrupted run.
@@ -82,6 +83,10 @@ class MetricsLogger:
         for key in ("loss", "clips_per_s", "data_wait_frac"):
             if row.get(key) is not None:
                 self._tb.add_scalar(f"epoch/{key}", row[key], int(row["epoch"]))
+        probe = row.get("probe")
+        if probe:  # at the global step, so probe curves line up with the loss
+            for name, value in probe["metrics"].items():
+                self._tb.add_scalar(f"probe/{probe['dataset']}/{name}", value, int(row["step"]))
 
     def close(self) -> None:
         if self._tb is not None:

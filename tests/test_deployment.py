@@ -173,11 +173,13 @@ def _kill_tree(pid: int) -> None:
         parent = psutil.Process(pid)
     except psutil.NoSuchProcess:
         return
-    for p in parent.children(recursive=True) + [parent]:
+    procs = parent.children(recursive=True) + [parent]
+    for p in procs:
         try:
             p.send_signal(signal.SIGKILL)
         except psutil.NoSuchProcess:
             pass
+    psutil.wait_procs(procs, timeout=30)  # gone (or zombies) before anyone checks the pid
 
 
 def test_kill_worker_mid_run_then_resume(server, reference):

@@ -586,10 +586,12 @@ def import_local_video(catalog: Catalog, video_path: str | os.PathLike,
     return vid
 
 
-def import_local_folder(catalog: Catalog, folder: str | os.PathLike, *, strict: bool = False) -> list[str]:
+def import_local_folder(catalog: Catalog, folder: str | os.PathLike, *, strict: bool = False,
+                        failures: list[dict] | None = None) -> list[str]:
     """Import every video of `folder` (see `scan_local_folder`); returns the ids
     imported. A video that fails (no caption file, unreadable, an id clash) is
-    logged and skipped so the others go on; `strict=True` raises its StageError."""
+    logged and skipped so the others go on, and appended to `failures` (as
+    {video_id, stage, error}) when a list is given; `strict=True` raises its StageError."""
     imported: list[str] = []
     seen: dict[str, Path] = {}
     for item in scan_local_folder(folder):
@@ -603,4 +605,6 @@ def import_local_folder(catalog: Catalog, folder: str | os.PathLike, *, strict: 
             if strict:
                 raise
             log.warning("%s", e)
+            if failures is not None:
+                failures.append({"video_id": item.video_id, "stage": STAGE, "error": str(e)})
     return imported

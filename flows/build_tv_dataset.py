@@ -101,7 +101,7 @@ def _acquire(catalog: Catalog, source: Source, urls: list[str], folder: Optional
             Path(folder, ".complete").touch()
         if folder is None:
             raise ValueError("source='folder' needs the `folder` parameter")
-        return import_local_folder(catalog, folder), failures
+        return import_local_folder(catalog, folder)
 
     if source == "youtube":
         candidates = search(catalog)

@@ -38,8 +38,10 @@ def download(catalog: Catalog, video_id: str = "", url: str = "") -> dict:
 
 
 @task(name="import-local-folder")
-def import_local_folder(catalog: Catalog, folder: str) -> list[str]:
-    """Import a local folder of videos with caption files; returns the video ids."""
+def import_local_folder(catalog: Catalog, folder: str) -> tuple[list[str], list[dict]]:
+    """Import a local folder of videos with caption files; returns the video ids
+    imported and the failures (videos that could not be imported, with why)."""
     from emotionclip.download import import_local_folder as _import
 
-    return _import(catalog, folder)
+    failures: list[dict] = []
+    return _import(catalog, folder, failures=failures), failures

@@ -213,7 +213,7 @@ def test_corrupt_video_is_recorded_and_others_complete(server, tmp_path):
     _run_deployment(server, params={"source": "folder", "folder": str(folder), "data_root": str(root)})
     failures = pd.read_parquet(root / "manifests" / "failures.parquet")
     assert failures["video_id"].tolist() == ["broken"]
-    assert failures["stage"].iloc[0] in ("frames", "humans")
+    assert failures["stage"].iloc[0] in ("download", "frames", "humans")
     assert "broken" in failures["error"].iloc[0]
     kept = _manifest(root)
     assert set(kept["video_id"]) <= {p.stem for p in good}

@@ -9,6 +9,10 @@ from pathlib import Path
 _TMP = Path(tempfile.mkdtemp(prefix="emotionclip-tests-"))
 os.environ.setdefault("PREFECT_HOME", str(_TMP / "prefect"))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Prefect reads its settings once per process: the temporary server's start-up
+# timeout (20 s by default) must be raised here, before any test imports prefect,
+# because a busy 2-core machine can take longer than that.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HOME", str(_TMP / "hf"))

@@ -157,15 +157,35 @@ def test_schedules_pause_resume_and_run_with_parameters(server, reference):
         return fr.id
 
     run_id = _client_call(server, create)
-    deadline = time.monotonic() + 800
-    while time.monotonic() < deadline:
-        fr = _client_call(server, lambda c: c.read_flow_run(run_id))
-        if fr.state.is_final():
-            break
-        time.sleep(2)
-    assert fr.state.is_completed(), fr.state
+    state = _wait_final(server, [run_id])[run_id]
+    assert state.is_completed(), state
     # max_neutral 1.0 keeps every clip that passes the other filters
     assert len(_manifest(other)) >= len(reference)
+
+
+def _wait_final(server, run_ids, timeout=800):
+    deadline = time.monotonic() + timeout
+    states = {}
+    while time.monotonic() < deadline:
+        states = {rid: _client_call(server, lambda c, rid=rid: c.read_flow_run(rid)).state for rid in run_ids}
+        if all(st.is_final() for st in states.values()):
+            break
+        time.sleep(2)
+    return states
+
+
+def test_two_concurrent_runs_do_not_corrupt_outputs(server, reference):
+    root = server["data"] / "concurrent"
+
+    async def create(client):
+        dep = await client.read_deployment_by_name("build-tv-dataset/sample-tiny")
+        return [(await client.create_flow_run_from_deployment(dep.id, parameters={"data_root": str(root)})).id
+                for _ in range(2)]
+
+    states = _wait_final(server, _client_call(server, create))
+    assert all(st.is_completed() for st in states.values()), states
+    pd.testing.assert_frame_equal(reference, _manifest(root))
+    assert len(pd.read_parquet(root / "manifests" / "failures.parquet")) == 0
 
 
 def _kill_tree(pid: int) -> None:

@@ -217,3 +217,17 @@ def make_sample_corpus(
         _write_video(video, _asset(shot[0]), shot, duration_s, width, height, fps)
         videos.append(video)
     return videos
+
+
+def ensure_sample_corpus(folder: str | Path, **kwargs) -> Path:
+    """Generate the sample corpus into `folder` once. Safe when several runs ask at
+    the same time (a file lock; the second finds `.complete` and returns)."""
+    from filelock import FileLock
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder.with_name(folder.name + ".lock"))):
+        if not (folder / ".complete").exists():
+            make_sample_corpus(folder, **kwargs)
+            (folder / ".complete").touch()
+    return folder

@@ -92,13 +92,10 @@ def _acquire(catalog: Catalog, source: Source, urls: list[str], folder: Optional
     """-> (video ids ready for processing, failures)."""
     failures: list[dict] = []
     if source in ("folder", "sample"):
-        if source == "sample" and folder is None:
-            folder = str(Path(catalog.root) / "sample_corpus")
-        if source == "sample" and not Path(folder, ".complete").exists():
-            from emotionclip.sample import make_sample_corpus
+        if source == "sample":
+            from emotionclip.sample import ensure_sample_corpus
 
-            make_sample_corpus(folder)
-            Path(folder, ".complete").touch()
+            folder = str(ensure_sample_corpus(folder or Path(catalog.root) / "sample_corpus"))
         if folder is None:
             raise ValueError("source='folder' needs the `folder` parameter")
         return import_local_folder(catalog, folder)

@@ -77,3 +77,16 @@ def test_make_test_video_with_filter(tmp_path):
                             vf="format=yuv420p,geq=lum=200:cb=128:cr=128")
     frame = next(iter_frames(video))
     assert frame.shape == (48, 64, 3) and frame.mean() > 200
+
+
+def test_ensure_sample_corpus_concurrently_generates_once(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from emotionclip.sample import ensure_sample_corpus
+
+    folder = tmp_path / "corpus"
+    with ThreadPoolExecutor(3) as pool:
+        list(pool.map(lambda _: ensure_sample_corpus(folder, n_videos=1, duration_s=4.0), range(3)))
+    assert (folder / ".complete").exists()
+    assert sorted(p.name for p in folder.glob("*.mp4")) == ["sample_00.mp4"]
+    assert not list(folder.glob(".*tmp*"))

@@ -16,7 +16,6 @@ avoids that class of bug.
 
 from __future__ import annotations
 
-import functools
 import io
 import os
 import queue

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from emotionclip.training import checkpoint as ckpt
 from emotionclip.training.config import TrainConfig
 from emotionclip.training.dataset import ClipDataset, batch_masks, collate_clips, normalize_frames
-from emotionclip.training.distributed import DistInfo, all_gather_objects, barrier, init_distributed
+from emotionclip.training.distributed import all_gather_objects, barrier, init_distributed
 from emotionclip.training.metrics import MetricsLogger
 from emotionclip.training.probe import probe_due, run_epoch_probe
 from emotionclip.training.optim import build_optimizer, build_scheduler, clamp_logit_scale, group_lrs

@@ -128,3 +128,18 @@ def test_liris_regression_per_movie(tmp_path, tiny):
     assert names == {"valence_MSE", "arousal_MSE", "valence_r", "arousal_r"}
     notes = json.loads(r["rows"][0]["notes"])
     assert notes["smoothing"] == "per_movie" and notes["window"] == 3
+
+
+def test_results_markdown_marks_paper_provenance():
+    from emotionclip.evaluation import results
+
+    rows = [{"dataset": d, "split": s, "metric": m, "value": 1.0, "paper": results.paper_value(d, s, m),
+             "model": "tiny", "model_fingerprint": "x", "preset": "authors", "C": 1.0, "c_source": "preset",
+             "seed": 0, "n_train": 1, "n_eval": 1, "n_skipped": 0, "notes": "{}", "created": "now"}
+            for d, s, m in [("bold", "val", "mAP"), ("meld", "test", "accuracy")]]
+    md = results.to_markdown(results.to_frame(rows))
+    # every filled number names its source; unverified ones carry "*", unrecorded ones "n/r"
+    assert set(results.PAPER_SOURCES) == {k for k, v in results.PAPER_TABLE4.items() if v is not None}
+    assert "| bold | val | mAP | 1.00 | 22.51* |" in md
+    assert "| meld | test | accuracy | 1.00 | n/r |" in md
+    assert "third-party copy" in md

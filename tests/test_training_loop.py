@@ -149,3 +149,12 @@ def test_cli_train(corpus, tmp_path):
     assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3]
     bad = CliRunner().invoke(app, ["train", "--manifests", str(manifest), "--out", str(out), "--preset", "nope"])
     assert bad.exit_code == 2 and "unknown preset" in bad.output
+
+
+def test_resolve_device_bare_cuda_means_this_ranks_gpu():
+    # torch.cuda.set_device rejects a bare "cuda": it must become cuda:LOCAL_RANK
+    from emotionclip.training.distributed import resolve_device
+
+    assert resolve_device("cuda", 3) == torch.device("cuda", 3)
+    assert resolve_device("cuda:1", 3) == torch.device("cuda", 1)
+    assert resolve_device("cpu", 3) == torch.device("cpu")

@@ -2,11 +2,13 @@
 paper's (Table 4, EmotionCLIP row, linear probe), with the model, the probe
 preset, C and the seed. Written as Parquet and Markdown.
 
-The paper's numbers are kept in `PAPER_TABLE4`. They could not be checked
-against the paper while this was written (no access to the PDF), so every
-entry is `None` ("not recorded") rather than a number from memory: fill them
-from Table 4 of Zhang et al., CVPR 2023, and set `PAPER_VERIFIED` accordingly.
-The table shows "n/r" where a value is not recorded.
+The paper's numbers are kept in `PAPER_TABLE4`, each with its provenance in
+`PAPER_SOURCES`. The paper's own tables could not be read from this project's
+environment (only the first page of its text is reachable offline), so only the
+values that public third-party copies give (BoLD and EMOTIC mAP) are filled in, marked
+"*" in the Markdown; the others stay `None` and show as "n/r" (not recorded).
+Never a value from memory: fill the rest from Table 4 of Zhang et al., CVPR 2023,
+and set `PAPER_VERIFIED` once every entry was checked against the PDF.
 """
 
 from __future__ import annotations
@@ -21,29 +23,26 @@ import pandas as pd
 
 # (dataset, split, metric) -> EmotionCLIP's linear-probe number in Table 4 of the paper.
 # None = not recorded here (see module docstring); never a guessed value.
-#
-# Provenance check (research pass for the lead): the paper's text is stored in the
-# search tool's `pages` corpus as SPIQA copies (".../SPIQA_train_val_test-A_raw_tex/
-# 2305.13500v1.txt" and ".../SPIQA_train_val_test-A_extracted_paragraphs/2305.13500v1.txt"),
-# but every query (table, BoLD/MELD/LIRIS metrics, SAAM, implementation details)
-# returned only the first part of the Introduction of either copy; the tables were
-# never in the text we could read. So no entry below could be filled from the paper
-# and all stay None; PAPER_VERIFIED stays False. Details: /work/notes/saam_findings.md.
-# Lead, NOT used (second-hand, unverified): a third-party literature note on GitHub
-# reads "BoLD 22.51 vs X-CLIP 13.26 (T4)" for EmotionCLIP's linear-probe BoLD mAP;
-# confirm it against Table 4 of the PDF before entering it.
 PAPER_TABLE4: dict[tuple[str, str, str], float | None] = {
-    ("bold", "val", "mAP"): None,
+    ("bold", "val", "mAP"): 22.51,  # third-party copy, see PAPER_SOURCES
     ("bold", "val", "AUC"): None,
     ("bold", "val", "R2"): None,
     ("moviegraphs", "val", "accuracy"): None,
     ("moviegraphs", "test", "accuracy"): None,
     ("meld", "test", "accuracy"): None,
     ("meld", "test", "weighted_F1"): None,
-    ("emotic", "test", "mAP"): None,
+    ("emotic", "test", "mAP"): 32.91,  # third-party copy, see PAPER_SOURCES
     ("emotic", "test", "AUC"): None,
     ("liris", "test", "valence_MSE"): None,
     ("liris", "test", "arousal_MSE"): None,
+}
+# Where each filled value comes from. Both agree with each other's sources, but
+# neither was read from the paper itself.
+PAPER_SOURCES: dict[tuple[str, str, str], str] = {
+    ("bold", "val", "mAP"): "third-party copies: wizwand.com listing 'Emotion Recognition BoLD mAP 22.51'; a public "
+                            "literature review 'BoLD 22.51 vs X-CLIP 13.26 (T4)'",
+    ("emotic", "test", "mAP"): "third-party copy: Papers-with-Code EMOTIC mAP leaderboard entry 'EmotionCLIP "
+                               "(linear-probe evaluation) 32.91' (split not stated there; EMOTIC's test split assumed)",
 }
 PAPER_VERIFIED = False
 
@@ -53,6 +52,16 @@ COLUMNS = ["dataset", "split", "metric", "value", "paper", "model", "model_finge
 
 def paper_value(dataset: str, split: str, metric: str) -> float | None:
     return PAPER_TABLE4.get((dataset, split, metric))
+
+
+def paper_cell(dataset: str, split: str, metric: str, digits: int = 2) -> str:
+    """The Markdown cell of the paper's number: "n/r" when not recorded, "*" when
+    the value is a third-party copy not yet checked against the paper."""
+    value = paper_value(dataset, split, metric)
+    if value is None:
+        return "n/r"
+    unverified = not PAPER_VERIFIED and (dataset, split, metric) in PAPER_SOURCES
+    return f"{value:.{digits}f}" + ("*" if unverified else "")
 
 
 def rows_from_probe(result: Any, *, model: str, model_fp: str, preset: str, seed: int, n_train: int,
@@ -98,10 +107,12 @@ def to_markdown(df: pd.DataFrame) -> str:
     for r in df.itertuples(index=False):
         digits = 4 if "MSE" in r.metric or r.metric.endswith("_r") else 2
         lines.append(f"| {r.dataset} | {r.split} | {r.metric} | {_fmt(r.value, digits)} | "
-                     f"{_fmt(None if pd.isna(r.paper) else float(r.paper), digits)} | "
+                     f"{paper_cell(r.dataset, r.split, r.metric, digits)} | "
                      f"{_fmt(None if pd.isna(r.C) else float(r.C), 3)} | {r.c_source} | {r.model} | {r.seed} | {r.n_eval} |")
     note = ("\nPaper numbers: EmotionCLIP row of Table 4 (linear probe), Zhang et al., CVPR 2023. "
-            + ("" if PAPER_VERIFIED else "n/r = not recorded in this repository yet (to be copied from the paper). ")
+            + ("" if PAPER_VERIFIED else "n/r = not recorded in this repository yet (to be copied from the paper); "
+               "* = a third-party copy of the paper's number, not yet checked against the paper "
+               "(sources in emotionclip.evaluation.results.PAPER_SOURCES). ")
             + "Classification metrics and R2 in percent (authors' linear_eval.py); MSE and Pearson r as is.\n")
     return "\n".join(lines) + "\n" + note
 

@@ -33,9 +33,14 @@ class DistInfo:
 
 
 def resolve_device(requested: str, local_rank: int) -> torch.device:
+    """"auto": this rank's GPU, else the CPU. A bare "cuda" also means this rank's
+    GPU (torch.cuda.set_device needs an index; found on the first GPU run)."""
     if requested == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    return torch.device(requested)
+    dev = torch.device(requested)
+    if dev.type == "cuda" and dev.index is None:
+        return torch.device("cuda", local_rank)
+    return dev
 
 
 def init_distributed(device: str = "auto", timeout_s: float | None = None) -> DistInfo:

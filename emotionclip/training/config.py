@@ -70,6 +70,8 @@ class TrainConfig(BaseModel):
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 if supported, else fp16 (code: fp16)
     grad_checkpointing: bool = False
     compile: bool = False  # torch.compile the model
+    # torch.compile backend: "inductor" (fused kernels); "aot_eager"/"eager" trace without code generation (debugging)
+    compile_backend: str = "inductor"
     logit_scale_max: float = LOGIT_SCALE_MAX
 
     # -- run control --------------------------------------------------------

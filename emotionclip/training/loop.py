@@ -171,7 +171,7 @@ def train(config: TrainConfig, *, dataset: ClipDataset | None = None, model: Any
         engine = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     if config.compile:
-        engine = torch.compile(engine)
+        engine = torch.compile(engine, backend=config.compile_backend)
 
     metrics = MetricsLogger(config.out_dir, enabled=info.is_main, resume_step=step if resume_path else None)
     mean, std = model.preprocess_cfg.mean, model.preprocess_cfg.std

@@ -9,8 +9,9 @@ in the same run and with the same number of DataLoader worker processes:
             FrameStore.get_many (PIL) is printed as a second reference;
   loader:   ClipDataset as the training loop uses it (sampling, per-frame
             random crop, subject-mask rectangles, tokenization, batches built in
-            the workers by __getitems__ + collate_clips; the masks are rasterised
-            on the training device, not here).
+            the workers by __getitems__ + collate_clips into shared-memory
+            buffers each worker reuses once the main process drops a batch; the
+            masks are rasterised on the training device, not here).
 Prints clips/s of both and loader/baseline (goal >= 0.8). Best of `repeats`.
 """
 

@@ -245,3 +245,110 @@ def test_rasterized_boxes_equal_the_cropped_mask():
     got = rasterize_mask_boxes(torch.from_numpy(np.concatenate(rows)), 2, 3, 64)
     assert torch.equal(got, want) and want.any()
     assert not rasterize_mask_boxes(torch.zeros(0, 6, dtype=torch.int32), 1, 2, 8).any()
+
+
+def test_box_crop_ranges_equal_per_frame_ranges():
+    """The batched rectangles (one searchsorted per frame size, minus the crop
+    origin) are exactly `crop_box_ranges` per box and frame, mixed sizes too."""
+    from emotionclip.training.dataset import box_crop_ranges, crop_box_ranges
+
+    rng = np.random.default_rng(3)
+    for trial in range(50):
+        n, s = int(rng.integers(1, 30)), int(rng.integers(8, 64))
+        xy = rng.uniform(-0.2, 1.2, size=(n, 4)).astype(np.float32)
+        boxes = np.concatenate([np.minimum(xy[:, :2], xy[:, 2:]), np.maximum(xy[:, :2], xy[:, 2:])], 1)
+        sizes = rng.integers(s, s + 40, size=(n, 2)) if trial % 2 else np.tile(rng.integers(s, s + 40, 2), (n, 1))
+        origin = np.stack([rng.integers(0, w - s + 1) for w in sizes[:, 0]]), \
+            np.stack([rng.integers(0, h - s + 1) for h in sizes[:, 1]])
+        geometry = np.stack([sizes[:, 0], sizes[:, 1], origin[0], origin[1]], 1)
+        got = box_crop_ranges(boxes, geometry, s)
+        for r in range(n):
+            w, h, left, top = (int(v) for v in geometry[r])
+            want = crop_box_ranges(boxes[r:r + 1], w, h, left, top, s)
+            empty = got[r, 1] <= got[r, 0] or got[r, 3] <= got[r, 2]
+            assert (len(want) == 0) if empty else np.array_equal(got[r:r + 1], want), (trial, r)
+
+
+def _spy_shared_allocations(monkeypatch, path):
+    """Count shared-memory frame buffers made, per process (forked workers inherit the spy)."""
+    import os
+
+    import emotionclip.training.dataset as dsmod
+
+    real = dsmod._new_shared
+
+    def counted(nbytes):
+        with open(path / f"alloc.{os.getpid()}", "a") as f:
+            f.write(".")
+        return real(nbytes)
+
+    monkeypatch.setattr(dsmod, "_new_shared", counted)
+    return lambda: {p.name: len(p.read_text()) for p in path.glob("alloc.*")}
+
+
+@pytest.mark.parametrize("keep", ["none", "every_third", "all"])
+def test_reused_worker_buffers_never_corrupt_batches(corpus, monkeypatch, tmp_path, keep):
+    """Workers reuse their frame buffers (a pool per worker) once the main process
+    has dropped a batch: across many more batches than pool slots, every batch
+    still equals the one loaded without workers, whether the consumer drops each
+    batch at once (buffers reused), keeps some, or keeps all of them (then the
+    pool runs dry and fresh buffers are made: held batches are never overwritten)."""
+    from emotionclip.training.dataset import POOL_SLOTS, collate_clips
+
+    ds = _dataset(corpus)
+    order = [int(i) for i in np.random.default_rng(0).integers(0, len(ds), size=2 * 2 * 3 * POOL_SLOTS)]
+    ref = list(DataLoader(ds, batch_size=2, sampler=order, num_workers=0, collate_fn=collate_clips))
+    allocations = _spy_shared_allocations(monkeypatch, tmp_path)
+    loader = DataLoader(ds, batch_size=2, sampler=order, num_workers=2, collate_fn=collate_clips,
+                        prefetch_factor=4, multiprocessing_context="fork")
+    kept = []
+    for n, batch in enumerate(loader):
+        want = ref[n]
+        assert list(batch) == list(want)
+        for key in want:
+            assert torch.equal(batch[key], want[key]), (n, key)
+        if keep == "all" or (keep == "every_third" and n % 3 == 0):
+            kept.append((n, batch))
+        del batch
+    for n, batch in kept:  # what was kept is still intact after the workers went on
+        for key in ref[n]:
+            assert torch.equal(batch[key], ref[n][key]), (n, key)
+    made = allocations()
+    per_worker = len(ref) // 2
+    assert len(made) == 2
+    if keep == "none":
+        assert all(v == 1 for v in made.values()), made  # one pool each, reused throughout
+    if keep == "all":
+        assert sum(made.values()) >= len(ref) - 2 * POOL_SLOTS, made  # pool exhausted: fresh buffers
+    assert all(v <= per_worker for v in made.values())
+
+
+def test_buffer_pool_slot_lifecycle():
+    """A slot is free again when its batch never left the worker, stays taken once
+    sent (until the main process frees it), and is never reused once its views
+    escaped another way."""
+    import gc
+
+    from emotionclip.training.dataset import _BufferPool
+
+    pool = _BufferPool(100, 2)
+    a, lease_a = pool.acquire(100)
+    b, lease_b = pool.acquire(64)
+    assert pool.acquire(100) is None and pool.acquire(5000) is None  # all busy; too large
+    del a, lease_a  # never sent: free again
+    gc.collect()
+    c, lease_c = pool.acquire(100)
+    assert lease_c.slot == 0
+    lease_c.set("sent")
+    del c, lease_c
+    gc.collect()
+    assert pool.acquire(100) is None  # sent: only the main process frees it
+    pool.free(0)
+    d, lease_d = pool.acquire(100)
+    lease_d.retire()
+    del d, lease_d
+    gc.collect()
+    pool.free(1)
+    e, lease_e = pool.acquire(100)
+    assert lease_e.slot == 1  # slot 0 retired
+    assert pool.acquire(100) is None

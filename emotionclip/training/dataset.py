@@ -21,10 +21,13 @@ from __future__ import annotations
 import functools
 import io
 import logging
+import os
+import threading
 import warnings
+import weakref
 from collections import OrderedDict
 from collections.abc import Sequence as SequenceABC
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
@@ -117,6 +120,44 @@ def crop_box_ranges(boxes: np.ndarray, width: int, height: int, left: int, top: 
     r = np.stack([np.searchsorted(ys, b[:, 1], "left"), np.searchsorted(ys, b[:, 3], "left"),
                   np.searchsorted(xs, b[:, 0], "left"), np.searchsorted(xs, b[:, 2], "left")], 1).astype(np.int32)
     return r[(r[:, 1] > r[:, 0]) & (r[:, 3] > r[:, 2])]
+
+
+@functools.lru_cache(maxsize=16)
+def _pixel_centres(n: int) -> np.ndarray:
+    """float32 centres (k + 0.5) / n of a frame's n pixels along one axis, the
+    values `crop_box_ranges` compares against (read-only: shared by the cache)."""
+    c = (np.arange(n, dtype=np.float32) + np.float32(0.5)) / np.float32(n)
+    c.flags.writeable = False
+    return c
+
+
+def frame_boxes(boxes: np.ndarray, frame_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which `boxes` ([K, 5+]: frame_idx, x1, y1, x2, y2, ...) lie on which of the
+    frames `frame_idx` [T]: (t, box row) pairs, in frame order then box order."""
+    return np.nonzero(np.asarray(frame_idx)[:, None] == boxes[:, 0][None, :])
+
+
+def box_crop_ranges(boxes: np.ndarray, geometry: np.ndarray, size: int) -> np.ndarray:
+    """`crop_box_ranges` for many (box, frame) pairs at once, empty ones kept:
+    box r (float32 x1, y1, x2, y2) on a frame of `geometry[r]` = (width, height,
+    left, top of the crop) -> int32 [R, 4] (row0, row1, col0, col1). Pixel
+    centres are sorted, so a crop's count of centres below a value is the whole
+    frame's count minus the crop origin, clipped to [0, size]: one searchsorted
+    per frame size serves every pair (numpy calls per frame cost more than the
+    rest of the loader's Python work)."""
+    b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    g = np.asarray(geometry, dtype=np.int64).reshape(-1, 4)
+    full = np.empty((len(b), 4), np.int64)  # row0, row1, col0, col1 in whole-frame pixels
+    if len(b):
+        for out, sizes, cols in ((slice(0, 2), g[:, 1], [1, 3]), (slice(2, 4), g[:, 0], [0, 2])):
+            if sizes.min() == sizes.max():  # the usual case: one frame size
+                full[:, out] = np.searchsorted(_pixel_centres(int(sizes[0])), b[:, cols], "left")
+                continue
+            for n in np.unique(sizes):
+                sel = sizes == n
+                full[sel, out] = np.searchsorted(_pixel_centres(int(n)), b[sel][:, cols], "left")
+    full -= g[:, [3, 3, 2, 2]]
+    return np.clip(full, 0, size).astype(np.int32)
 
 
 def fill_ranges(mask: np.ndarray, ranges: np.ndarray) -> np.ndarray:
@@ -255,16 +296,16 @@ class ClipDataset(Dataset):
     def _rng(self, index: int, attempt: int = 0) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.epoch, index, attempt])
 
-    def _fetch(self, index: int, frames_out: np.ndarray, hwc: bool) -> tuple[int, np.ndarray, list[np.ndarray]]:
+    def _fetch(self, index: int, frames_out: np.ndarray, hwc: bool) -> tuple[int, np.ndarray, "_ClipBoxes"]:
         """Clip `index` (or its replacement) into `frames_out`; returns (row loaded,
-        frame indices, per-frame mask rectangles)."""
+        frame indices, its subject boxes per frame)."""
         tried = index
         errors = []
         for attempt in range(self.max_replacements + 1):
             try:
                 # a failed attempt may leave frames written: the next one overwrites all of them
-                idx, ranges = self._load_into(tried, self._rng(tried, attempt), frames_out, hwc)
-                return tried, idx, ranges
+                idx, boxes = self._load_into(tried, self._rng(tried, attempt), frames_out, hwc)
+                return tried, idx, boxes
             except Exception as err:  # noqa: BLE001 - any unreadable clip is replaced, and logged
                 errors.append(f"{self.clip_ids[tried]}: {err}")
                 log.warning("[%s] video %s: clip %s unreadable (%s); replaced by another clip",
@@ -278,10 +319,21 @@ class ClipDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         s = self.preprocess.crop
         frames = np.empty((self.num_frames, 3, s, s), dtype=np.uint8)
-        i, idx, ranges = self._fetch(index, frames, hwc=False)
+        i, idx, boxes = self._fetch(index, frames, hwc=False)
+        return self._sample(i, idx, frames, boxes)
+
+    def load(self, i: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        """Clip `i` with the random choices drawn from `rng` (no replacement)."""
+        s = self.preprocess.crop
+        frames = np.empty((self.num_frames, 3, s, s), dtype=np.uint8)
+        idx, boxes = self._load_into(i, rng, frames, hwc=False)
+        return self._sample(i, idx, frames, boxes)
+
+    def _sample(self, i: int, idx: np.ndarray, frames: np.ndarray, boxes: "_ClipBoxes") -> dict[str, torch.Tensor]:
+        s = self.preprocess.crop
         masks = np.zeros((self.num_frames, s, s), dtype=np.uint8)
-        for t, r in enumerate(ranges):
-            fill_ranges(masks[t], r)
+        for t, (r0, r1, c0, c1) in zip(boxes.t_of, box_crop_ranges(boxes.xyxy, boxes.geometry, s)):
+            masks[t, r0:r1, c0:c1] = 1
         return {
             "frames": torch.from_numpy(frames),
             "masks": torch.from_numpy(masks),
@@ -293,87 +345,270 @@ class ClipDataset(Dataset):
 
     def __getitems__(self, indices: Sequence[int]) -> "ClipBatch":
         """A DataLoader batch in one go (torch calls this instead of `__getitem__`
-        per index): the same samples, decoded straight into one batch buffer that
-        lives in shared memory inside a worker (no per-sample arrays, no collate
-        copy, frames copied in the decoder's HWC order). `collate_clips` returns
-        that batch as is; the default collate still gets a list of samples."""
+        per index): the same samples, decoded straight into one batch buffer (no
+        per-sample arrays, no collate copy, frames copied in the decoder's HWC
+        order), the mask rectangles of the whole batch in one vectorised pass.
+        Inside a worker the buffer is shared memory from the worker's
+        `_BufferPool`, reused once the main process has dropped the batch it
+        carried. `collate_clips` returns the batch as is; the default collate
+        still gets a list of samples."""
         n, t, s = len(indices), self.num_frames, self.preprocess.crop
-        hwc = _batch_tensor((n, t, s, s, 3), torch.uint8)
-        buf = hwc.numpy()
-        rows, mask_boxes, fidx = [], [], []
-        for b, index in enumerate(indices):
-            i, idx, ranges = self._fetch(int(index), buf[b], hwc=True)
-            rows.append(i)
-            fidx.append(idx)
-            for k, r in enumerate(ranges):
-                if len(r):
-                    mask_boxes.append(np.concatenate([np.full((len(r), 2), (b, k), np.int32), r], 1))
-        rows_np = np.asarray(rows, dtype=np.int64)
-        batch = {
-            "frames": hwc.permute(0, 1, 4, 2, 3),  # [B, T, 3, S, S] view of the HWC buffer
-            "mask_boxes": torch.from_numpy(np.concatenate(mask_boxes) if mask_boxes
-                                           else np.zeros((0, 6), np.int32)),
-            "tokens": self.tokenizer([self.texts[i] for i in rows]).long(),
-            "sentiment": torch.from_numpy(self.logits[rows_np]),
-            "frame_idx": torch.from_numpy(np.stack(fidx)),
-            "index": torch.from_numpy(rows_np),
-        }
-        return ClipBatch(batch, s)
-
-    def load(self, i: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
-        """Clip `i` with the random choices drawn from `rng` (no replacement)."""
-        s = self.preprocess.crop
-        frames = np.empty((self.num_frames, 3, s, s), dtype=np.uint8)
-        idx, ranges = self._load_into(i, rng, frames, hwc=False)
-        masks = np.zeros((self.num_frames, s, s), dtype=np.uint8)
-        for t, r in enumerate(ranges):
-            fill_ranges(masks[t], r)
-        return {"frames": torch.from_numpy(frames), "masks": torch.from_numpy(masks),
-                "tokens": self.tokenizer([self.texts[i]])[0].long(),
-                "sentiment": torch.from_numpy(self.logits[i].copy()), "frame_idx": torch.from_numpy(idx),
-                "index": torch.tensor(i, dtype=torch.long)}
+        hwc, lease = _batch_frames((n, t, s, s, 3))
+        try:
+            buf = hwc.numpy()
+            rows, fidx, clips = [], [], []
+            for b, index in enumerate(indices):
+                i, idx, boxes = self._fetch(int(index), buf[b], hwc=True)
+                rows.append(i)
+                fidx.append(idx)
+                clips.append(boxes)
+            rows_np = np.asarray(rows, dtype=np.int64)
+            batch = {
+                "frames": hwc.permute(0, 1, 4, 2, 3),  # [B, T, 3, S, S] view of the HWC buffer
+                "mask_boxes": torch.from_numpy(_mask_boxes(clips, s)),
+                "tokens": self.tokenizer([self.texts[i] for i in rows]).long(),
+                "sentiment": torch.from_numpy(self.logits[rows_np]),
+                "frame_idx": torch.from_numpy(np.stack(fidx)),
+                "index": torch.from_numpy(rows_np),
+            }
+        except BaseException:
+            if lease is not None:
+                lease.release()  # nothing left this process: the buffer is free again
+            raise
+        return ClipBatch(batch, s, lease)
 
     def _load_into(self, i: int, rng: np.random.Generator, out: np.ndarray,
-                   hwc: bool) -> tuple[np.ndarray, list[np.ndarray]]:
+                   hwc: bool) -> tuple[np.ndarray, "_ClipBoxes"]:
         """Frames of clip `i` into `out` ([T, 3, S, S], or [T, S, S, 3] when `hwc`);
-        returns the frame indices and each frame's mask rectangles in crop pixels."""
+        returns the frame indices and the clip's subject boxes on them."""
         idx = sample_frame_indices(int(self.frame_start[i]), int(self.frame_end[i]), self.num_frames, self.train, rng)
         store = self._store(self.video_ids[i])
-        unique, inverse = np.unique(idx, return_inverse=True)
-        decoded = [decode_frame(store.read_bytes(int(k))) for k in unique]  # each frame once
-        boxes = self.boxes.clip(i)
-        boxes = boxes[boxes[:, 5] > self.preprocess.box_conf_threshold]
         cfg = self.preprocess
         s = cfg.crop
-        ranges = []
-        for t, u in enumerate(inverse):
-            img = decoded[u]
-            h0, w0 = img.shape[-2:]
+        ids = idx.tolist()
+        views: dict[int, tuple[int, int, np.ndarray]] = {}  # each distinct frame decoded once
+        for k in ids:
+            if k in views:
+                continue
+            arr = decode_frame(store.read_bytes(k)).numpy()
+            h0, w0 = arr.shape[1:]
             w, h = resized_size(w0, h0, cfg.resize)
             if (w, h) != (w0, h0):  # stored frames are already at 256: usually a no-op
-                img = resize_frame(img, w, h, cfg.interpolation)
-            left, top = crop_box(w, h, s, self.train, rng)
+                arr = resize_frame(torch.from_numpy(arr), w, h, cfg.interpolation).numpy()
             # numpy for the per-frame copies: single-threaded, no OpenMP hand-off per small copy;
             # the decoder's tensor is an HWC buffer seen as CHW, so the HWC copy moves whole rows
-            if hwc:
-                out[t] = img.permute(1, 2, 0).numpy()[top:top + s, left:left + s]
+            views[k] = (w, h, arr.transpose(1, 2, 0) if hwc else arr)
+        geometry = []  # width, height, left, top of each frame's crop
+        for t, k in enumerate(ids):
+            w, h, arr = views[k]
+            left, top = crop_box(w, h, s, self.train, rng)
+            out[t] = arr[top:top + s, left:left + s] if hwc else arr[:, top:top + s, left:left + s]
+            geometry.append((w, h, left, top))
+        boxes = self.boxes.clip(i)
+        boxes = boxes[boxes[:, 5] > cfg.box_conf_threshold]
+        t_of, k_of = frame_boxes(boxes, idx)
+        # the rectangles come later, for a whole batch at once (`box_crop_ranges`)
+        return idx, _ClipBoxes(t_of, boxes[k_of, 1:5], np.asarray(geometry, dtype=np.int64).reshape(-1, 4)[t_of])
+
+
+class _ClipBoxes(NamedTuple):
+    """A loaded clip's subject boxes: frame t of each, normalised x1, y1, x2, y2
+    (float32 [R, 4]) and that frame's (width, height, left, top) (int64 [R, 4])."""
+
+    t_of: np.ndarray
+    xyxy: np.ndarray
+    geometry: np.ndarray
+
+
+def _mask_boxes(clips: Sequence[_ClipBoxes], size: int) -> np.ndarray:
+    """`collate_clips`' "mask_boxes" (int32 [N, 6]: sample, frame, row0, row1,
+    col0, col1; empty rectangles dropped) of a batch's clips."""
+    counts = [len(c.t_of) for c in clips]
+    if not sum(counts):
+        return np.zeros((0, 6), np.int32)
+    ranges = box_crop_ranges(np.concatenate([c.xyxy for c in clips]),
+                             np.concatenate([c.geometry for c in clips]), size)
+    sample = np.repeat(np.arange(len(clips), dtype=np.int32), counts)
+    frame = np.concatenate([c.t_of for c in clips]).astype(np.int32)
+    out = np.concatenate([sample[:, None], frame[:, None], ranges], 1)
+    return out[(ranges[:, 1] > ranges[:, 0]) & (ranges[:, 3] > ranges[:, 2])]
+
+
+class _Lease:
+    """One batch's hold on a `_BufferPool` slot, in the worker that filled it.
+    States: "held" (being filled), "taken" (handed to the DataLoader by
+    `collate_clips`), "sent" (pickled for the main process, which frees the slot
+    when its last view of the batch dies), "retired" (views escaped some other
+    way: the slot is never reused) and "released". A lease dropped before it was
+    sent frees its slot: nothing outside this process saw the buffer."""
+
+    def __init__(self, pool: "_BufferPool", slot: int) -> None:
+        self.pool, self.slot = pool, slot
+        # the state lives in a cell the finalizer shares: it must not hold the lease itself
+        self._cell = ["held"]
+        weakref.finalize(self, _BufferPool.drop_lease, pool, slot, self._cell)
+
+    @property
+    def state(self) -> str:
+        return self._cell[0]
+
+    def set(self, state: str) -> None:
+        self._cell[0] = state
+
+    def release(self) -> None:
+        if self.state == "held":
+            self.set("released")
+            self.pool.free(self.slot)
+
+    def retire(self) -> None:
+        self.pool.retire(self.slot)
+        if self.state in ("held", "taken"):
+            self.set("retired")
+
+
+class _BufferPool:
+    """A DataLoader worker's frame buffers (issue 6), reused across batches.
+
+    A fresh shared-memory tensor per batch cost ~1.4 ms per clip (a new /dev/shm
+    segment whose every page the kernel faults in and zeroes, then unmaps in
+    both processes). The pool is one shared-memory segment: `capacity` slots of
+    `slot_bytes` (pages are only allocated when a slot is first used) followed
+    by one flag byte per slot, 1 while the slot's batch may be read anywhere.
+    The worker sets it when it hands the slot out; the main process clears it
+    when its last view of the batch dies (`_rebuild_pooled` wraps the slot in a
+    storage of its own and finalizes that), or the worker does when the batch
+    never left. Each batch sends the segment once (one descriptor, as a fresh
+    buffer would). With every slot busy, or a larger batch, a batch gets a fresh
+    unpooled buffer: a consumer that keeps batches costs memory, never data."""
+
+    def __init__(self, slot_bytes: int, capacity: int) -> None:
+        self.stride = -(-slot_bytes // _PAGE) * _PAGE  # slots page-aligned
+        self.capacity = capacity
+        self.flags_at = capacity * self.stride
+        total = self.flags_at + capacity
+        self.tensor = torch.empty(0, dtype=torch.uint8).set_(_new_shared(total), 0, (total,))
+        self._np = self.tensor.numpy()
+        self._flags = self._np[self.flags_at:]  # a new segment reads as zeros: all free
+        self._retired: set[int] = set()
+        self._lock = threading.Lock()  # the queue's feeder thread may drop leases concurrently
+
+    def acquire(self, nbytes: int) -> tuple[np.ndarray, _Lease] | None:
+        """A free slot's first `nbytes` (lowest slot first: the same few pages stay in use)."""
+        if nbytes > self.stride:
+            return None
+        with self._lock:
+            for k in range(self.capacity):
+                if self._flags[k] == 0 and k not in self._retired:
+                    self._flags[k] = 1
+                    break
             else:
-                out[t] = img.numpy()[:, top:top + s, left:left + s]
-            fb = boxes[boxes[:, 0] == idx[t]]
-            ranges.append(crop_box_ranges(fb[:, 1:5], w, h, left, top, s) if len(fb)
-                          else np.zeros((0, 4), np.int32))
-        return idx, ranges
+                return None
+        return self._np[k * self.stride:k * self.stride + nbytes], _Lease(self, k)
+
+    def free(self, slot: int) -> None:
+        self._flags[slot] = 0
+
+    def retire(self, slot: int) -> None:
+        with self._lock:
+            self._retired.add(slot)  # views of it may live on anywhere: never written again
+
+    @staticmethod
+    def drop_lease(pool: "_BufferPool", slot: int, cell: list[str]) -> None:
+        if cell[0] in ("held", "taken"):
+            pool.free(slot)
+
+
+_PAGE = 4096
+POOL_SLOTS = 8  # batches per worker: prefetch_factor (4 in the loop) + those the main process still holds
+_POOL: tuple[int, _BufferPool] | None = None  # (pid, pool): each worker process makes its own
+
+
+def _new_shared(nbytes: int) -> torch.UntypedStorage:
+    return torch.UntypedStorage._new_shared(nbytes)
+
+
+def _batch_frames(shape: tuple[int, ...]) -> tuple[torch.Tensor, _Lease | None]:
+    """An uninitialised uint8 tensor for a batch's frames: in a DataLoader worker
+    shared memory, so it reaches the main process uncopied, from the worker's
+    `_BufferPool` when a slot is free."""
+    global _POOL
+    from torch.utils.data import get_worker_info
+
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=torch.uint8), None
+    nbytes = int(np.prod(shape))
+    if _POOL is None or _POOL[0] != os.getpid():
+        _POOL = (os.getpid(), _BufferPool(nbytes, POOL_SLOTS))
+    got = _POOL[1].acquire(nbytes)
+    if got is not None:
+        buf, lease = got
+        return torch.from_numpy(buf).view(shape), lease
+    storage = _new_shared(nbytes)
+    return torch.empty(0, dtype=torch.uint8).set_(storage, 0, shape), None
+
+
+class _PooledBatch(dict):
+    """`collate_clips`' result inside a worker when its frames are in a pool slot:
+    pickles (as the DataLoader sends it to the main process) the pool segment,
+    the slot's place in it, and everything else by value (a few KB: cheaper than
+    a shared-memory segment and a descriptor per tensor)."""
+
+    def __init__(self, batch: dict[str, torch.Tensor], lease: _Lease) -> None:
+        super().__init__(batch)
+        self.lease = lease
+
+    def __reduce__(self):  # type: ignore[override]
+        pool, slot = self.lease.pool, self.lease.slot
+        self.lease.set("sent")
+        frames = self["frames"]
+        small = {k: v.numpy() for k, v in self.items() if k != "frames"}
+        hwc_shape = tuple(frames.permute(0, 1, 3, 4, 2).shape)
+        return _rebuild_pooled, (pool.tensor, slot * pool.stride, hwc_shape, pool.flags_at + slot, small, list(self))
+
+
+def _release_slot(flags: np.ndarray, at: int) -> None:
+    flags[at] = 0
+
+
+def _rebuild_pooled(pool: torch.Tensor, offset: int, hwc_shape: tuple[int, ...], flag_at: int,
+                    small: dict[str, np.ndarray], keys: list[str]) -> dict[str, torch.Tensor]:
+    """Main-process side of `_PooledBatch`: a plain dict of tensors, the frames a
+    view of the pool slot through a storage of their own (numpy's), so that the
+    slot is released exactly when the last view of this batch dies here."""
+    flat = pool.numpy()
+    hwc = torch.from_numpy(flat[offset:offset + int(np.prod(hwc_shape))].reshape(hwc_shape))
+    weakref.finalize(hwc.untyped_storage(), _release_slot, flat, flag_at)
+    tensors = {k: torch.from_numpy(v) for k, v in small.items()}
+    tensors["frames"] = hwc.permute(0, 1, 4, 2, 3)  # [B, T, 3, S, S] view of the HWC buffer
+    return {k: tensors[k] for k in keys}
 
 
 class ClipBatch(SequenceABC):
-    """`ClipDataset.__getitems__`' result: the batch (`.batch`, which `collate_clips`
+    """`ClipDataset.__getitems__`' result: the batch (which `collate_clips`
     returns as is) that also reads as the list of per-sample dicts the default
     collate expects (views into the batch, dense masks; built on first access)."""
 
-    def __init__(self, batch: dict[str, torch.Tensor], size: int) -> None:
-        self.batch = batch
+    def __init__(self, batch: dict[str, torch.Tensor], size: int, lease: _Lease | None = None) -> None:
+        self._batch = batch
         self.size = size
+        self._lease = lease
         self._samples: list[dict[str, torch.Tensor]] | None = None
+
+    @property
+    def batch(self) -> dict[str, torch.Tensor]:
+        """The batch dict; its buffer is then never reused (the caller may keep views)."""
+        if self._lease is not None:
+            self._lease.retire()
+        return self._batch
+
+    def take(self) -> dict[str, torch.Tensor]:
+        """The batch for the DataLoader to send (a `_PooledBatch` when pooled)."""
+        if self._lease is None:
+            return self._batch
+        if self._lease.state != "held":  # views escaped, or taken before: sent as a plain batch
+            return self._batch
+        self._lease.set("taken")
+        return _PooledBatch(self._batch, self._lease)
 
     def _items(self) -> list[dict[str, torch.Tensor]]:
         if self._samples is None:
@@ -386,7 +621,7 @@ class ClipBatch(SequenceABC):
         return self._samples
 
     def __len__(self) -> int:
-        return len(self.batch["index"])
+        return len(self._batch["index"])
 
     def __getitem__(self, k):  # type: ignore[override]
         return self._items()[k]
@@ -397,7 +632,7 @@ def collate_clips(samples: list[dict[str, torch.Tensor]] | ClipBatch) -> dict[st
     (frames [B, T, 3, S, S] uint8, "mask_boxes" instead of dense "masks"; see
     `batch_masks`); a plain list of samples goes through the default collate."""
     if isinstance(samples, ClipBatch):
-        return samples.batch
+        return samples.take()
     from torch.utils.data import default_collate
 
     return default_collate(samples)
@@ -411,18 +646,6 @@ def batch_masks(batch: dict[str, torch.Tensor], device: torch.device | str | Non
         return batch["masks"].to(device) if device is not None else batch["masks"]
     b, t, _, s, _ = batch["frames"].shape
     return rasterize_mask_boxes(batch["mask_boxes"], b, t, s, device)
-
-
-def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """An uninitialised tensor, in shared memory inside a DataLoader worker (as the
-    default collate allocates its output), so it reaches the main process uncopied."""
-    from torch.utils.data import get_worker_info
-
-    if get_worker_info() is None:
-        return torch.empty(shape, dtype=dtype)
-    numel = int(np.prod(shape))
-    storage = torch.UntypedStorage._new_shared(numel * torch.empty((), dtype=dtype).element_size())
-    return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
 
 
 def normalize_frames(frames: torch.Tensor, mean: Sequence[float], std: Sequence[float],

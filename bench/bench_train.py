@@ -119,7 +119,8 @@ def main() -> None:
     ap.add_argument("--corpus", type=Path, help="a folder made by --make-corpus (default: a temporary one)")
     ap.add_argument("--model", default="ViT-B-32")
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--workers", type=int, nargs="+", default=[8], help="one loader-fed run per value")
+    ap.add_argument("--workers", type=int, nargs="*", default=[8],
+                    help="one loader-fed run per value (none: the resident baseline only)")
     ap.add_argument("--precision", default="bf16")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--steps", type=int, default=25, help="loader-fed steps, warm-up included")
@@ -135,7 +136,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         corpus = args.corpus or make_corpus_dir(Path(tmp) / "corpus", args.videos, args.seconds, args.clips).parent
         name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
-        base_cfg = train_config(argparse.Namespace(**{**vars(args), "workers": args.workers[0]}), corpus,
+        base_cfg = train_config(argparse.Namespace(**{**vars(args), "workers": (args.workers or [0])[0]}), corpus,
                                 Path(tmp) / "resident", args.steps)
         rate, s = resident_rate(base_cfg, iters=10, warmup=args.warmup)
         print(f"{name}; {args.model} random init, SAP + transformer head, {args.batch} clips x 8 frames at 224, "

@@ -77,10 +77,10 @@ class DecodeOnly(Dataset):
         return torch.tensor(sum(int(im.shape[-1]) for im in images))
 
 
-def _rate(dataset: Dataset, n: int, workers: int, batch: int, collate_fn=None) -> float:
+def _rate(dataset: Dataset, n: int, workers: int, batch: int, collate_fn=None, pin_memory: bool = False) -> float:
     sampler = ResumableSampler(len(dataset), seed=0)
     loader = DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers, collate_fn=collate_fn,
-                        prefetch_factor=4 if workers else None, drop_last=True)
+                        prefetch_factor=4 if workers else None, drop_last=True, pin_memory=pin_memory)
     it = iter(loader)
     next(it)  # worker start-up is not throughput
     t0 = time.perf_counter()
@@ -98,6 +98,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--pin-memory", action="store_true",
+                    help="also time the loader with the DataLoader's pinned-memory thread (as training on a GPU uses it)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         cat, df = make_corpus(Path(tmp), n_videos=args.videos, clips_per_video=args.clips, duration_s=12.0)
@@ -113,8 +115,10 @@ def main() -> None:
             b = _rate(base, n, args.workers, args.batch)
             ld = _rate(ds, n, args.workers, args.batch, collate_clips)  # as the training loop builds it
             p = _rate(pil, n, args.workers, args.batch)
+            pinned = f"   loader + pin_memory {_rate(ds, n, args.workers, args.batch, collate_clips, True):7.1f}" \
+                if args.pin_memory else ""
             print(f"  repeat {r}: decode-only {b:7.1f} clips/s   loader {ld:7.1f} clips/s   ratio {ld / b:.3f}"
-                  f"   (PIL decode-only {p:7.1f})")
+                  f"   (PIL decode-only {p:7.1f}){pinned}")
             b_best, l_best, p_best = max(b_best, b), max(l_best, ld), max(p_best, p)
             ratios.append(ld / b)
         print(f"baseline (decode only, same frames and decoder, {args.workers} workers): {b_best:.1f} clips/s")

@@ -39,6 +39,7 @@ class TrainConfig(BaseModel):
     resize: int = Field(256, ge=16)  # paper: smaller edge resized to 256, then cropped
     box_conf: float = Field(0.5, ge=0, le=1)  # authors' loader: person boxes with conf > 0.5
     num_workers: int = Field(8, ge=0)  # authors' code: train_loader_workers = 8
+    pin_memory: bool = True  # on a GPU: batches copied to pinned host memory (DataLoader thread) before upload
     max_replacements: int = Field(16, ge=0)  # unreadable clips: other clips tried before giving up
 
     # -- model ------------------------------------------------------------

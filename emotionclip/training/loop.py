@@ -212,7 +212,7 @@ def train(config: TrainConfig, *, dataset: ClipDataset | None = None, model: Any
             loader = DataLoader(
                 dataset, batch_size=micro, sampler=sampler, num_workers=config.num_workers,
                 collate_fn=collate_clips,  # batches built in the workers pass through uncopied
-                pin_memory=device.type == "cuda", drop_last=True,
+                pin_memory=config.pin_memory and device.type == "cuda", drop_last=True,
                 # own generator: creating the iterator must not consume the global RNG
                 generator=torch.Generator().manual_seed(config.seed + epoch),
                 persistent_workers=False, prefetch_factor=4 if config.num_workers else None,

@@ -96,7 +96,7 @@ def resident_rate(config, iters: int, warmup: int) -> tuple[float, float]:
     times = [step() for _ in range(iters)]
     s = statistics.median(times)
     print(f"resident step: main-thread CPU {statistics.median(cpu) * 1000:.0f} ms of {s * 1000:.0f} ms wall "
-          "(close to the wall time: the step is bound by kernel launches, not the GPU)")
+          "(near the wall time would mean a step bound by kernel launches)")
     del model, opt, engine
     if dev.type == "cuda":
         torch.cuda.empty_cache()
@@ -108,6 +108,12 @@ def loader_fed_rate(config, warmup_steps: int) -> tuple[float, float, int]:
     from emotionclip.training import train
     from emotionclip.training.metrics import METRICS_FILE, read_jsonl
 
+    from emotionclip.manifests import read_manifests
+
+    per_epoch = len(read_manifests(config.manifests)) // config.batch_size
+    if config.max_steps >= per_epoch:
+        raise SystemExit(f"{config.max_steps} steps cross an epoch end ({per_epoch} steps per epoch): "
+                         "make the corpus with more --clips")
     train(config)
     rows = [r for r in read_jsonl(Path(config.out_dir) / METRICS_FILE) if r["step"] > warmup_steps]
     # each row covers the log_every steps before it: weight by steps, not rows
@@ -122,7 +128,9 @@ def main() -> None:
     ap.add_argument("--make-corpus", type=Path, help="build a corpus folder here and exit")
     ap.add_argument("--videos", type=int, default=4)
     ap.add_argument("--seconds", type=float, default=40.0)
-    ap.add_argument("--clips", type=int, default=640, help="clips per video")
+    # many clips per video (they share frames): the timed steps must stay inside epoch 0,
+    # an epoch end restarts the workers and writes a checkpoint
+    ap.add_argument("--clips", type=int, default=2000, help="clips per video")
     ap.add_argument("--corpus", type=Path, help="a folder made by --make-corpus (default: a temporary one)")
     ap.add_argument("--model", default="ViT-B-32")
     ap.add_argument("--batch", type=int, default=128)

@@ -16,6 +16,7 @@ from emotionclip.models.transforms import boxes_to_mask
 from emotionclip.frames import FrameStore
 from emotionclip.training.dataset import (
     ClipDataset,
+    collate_clips,
     cropped_boxes_mask,
     decode_frame,
     normalize_frames,
@@ -352,3 +353,21 @@ def test_buffer_pool_slot_lifecycle():
     e, lease_e = pool.acquire(100)
     assert lease_e.slot == 1  # slot 0 retired
     assert pool.acquire(100) is None
+
+
+def test_torch_distributed_sampler(corpus):
+    """Two ranks of torch's own DistributedSampler: the ranks' batches cover every
+    clip once and equal the dataset's batches for the same indices."""
+    from torch.utils.data import DistributedSampler
+
+    ds = _dataset(corpus)
+    seen = []
+    for rank in range(2):
+        sampler = DistributedSampler(ds, num_replicas=2, rank=rank, shuffle=True, seed=1)
+        sampler.set_epoch(0)
+        for batch in DataLoader(ds, batch_size=2, sampler=sampler, num_workers=0, collate_fn=collate_clips):
+            idx = batch["index"].tolist()
+            direct = collate_clips(ds.__getitems__(idx))
+            assert torch.equal(batch["frames"], direct["frames"])
+            seen += idx
+    assert sorted(seen) == list(range(len(ds)))

@@ -5,8 +5,9 @@
     pretrain/tiny                    pre-training on the sample manifests (tiny model)
 
 `register_deployments()` creates the work pool, the global YouTube rate limit and
-the GPU concurrency limit if missing, then registers the deployments. Users
-pause/resume the schedule and start runs with other parameters from the UI.
+the GPU concurrency limit if missing, installs the automation that marks
+unresponsive runs Crashed, then registers the deployments. Users pause/resume the
+schedule and start runs with other parameters from the UI.
 """
 
 from __future__ import annotations
@@ -21,6 +22,12 @@ from emotionclip.catalog import REPO_ROOT
 WORK_POOL = "emotionclip"
 GPU_TAG_LIMIT = 1  # one model stage at a time per GPU by default
 WEEKLY = "0 3 * * 1"  # Mondays 03:00
+# A flow run's process sends a heartbeat event this often (Prefect's minimum: 30 s) ...
+HEARTBEAT_S = 60
+# ... and one silent for this many heartbeats is marked Crashed (a SIGKILLed worker,
+# a lost machine: without it the run would show Running forever).
+UNRESPONSIVE_AFTER_HEARTBEATS = 3
+CRASH_AUTOMATION = "emotionclip: crash unresponsive flow runs"
 # Offline environment for the tiny profile (DESIGN.md section 7).
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "YOLO_OFFLINE": "1"}
 
@@ -104,16 +111,55 @@ async def ensure_limits(client) -> None:
         await client.create_concurrency_limit(tag=GPU_TAG, concurrency_limit=GPU_TAG_LIMIT)
 
 
-def register_deployments(extra_parameters: dict[str, Any] | None = None) -> list[str]:
+def crash_detection_automation(heartbeat_s: int = HEARTBEAT_S) -> Any:
+    """Prefect's recipe for zombie runs (docs: "detect zombie flows"): a flow run
+    whose heartbeats stop without a final state is set to Crashed."""
+    from datetime import timedelta
+
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+    from prefect.events.schemas.events import ResourceSpecification
+
+    within = UNRESPONSIVE_AFTER_HEARTBEATS * heartbeat_s
+    return AutomationCore(
+        name=CRASH_AUTOMATION,
+        description=f"Marks a flow run Crashed when it sent no heartbeat for {within} s.",
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Completed", "prefect.flow-run.Failed",
+                    "prefect.flow-run.Cancelled", "prefect.flow-run.Crashed"},
+            match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=within),
+        ),
+        actions=[ChangeFlowRunState(state=StateType.CRASHED,
+                                    message=f"No heartbeat for {within} s: the run's process is gone "
+                                            "(killed worker or lost machine). Re-run to resume.")],
+    )
+
+
+async def ensure_crash_detection(client: Any, heartbeat_s: int = HEARTBEAT_S) -> None:
+    """(Re)install the crash-detection automation (replaced: its window follows `heartbeat_s`)."""
+    for old in await client.read_automations_by_name(CRASH_AUTOMATION):
+        await client.delete_automation(old.id)
+    await client.create_automation(crash_detection_automation(heartbeat_s))
+
+
+def register_deployments(extra_parameters: dict[str, Any] | None = None, heartbeat_s: int = HEARTBEAT_S) -> list[str]:
     """Register every deployment against the current PREFECT_API_URL; returns
     `<flow>/<deployment>` names. `extra_parameters` are merged into each
-    deployment's default parameters (tests point data_root at a temp folder)."""
+    deployment's default parameters (tests point data_root at a temp folder);
+    runs send heartbeats every `heartbeat_s` seconds (>= 30)."""
     from prefect import Flow
     from prefect.client.orchestration import get_client
 
     async def _limits() -> None:
         async with get_client() as client:
             await ensure_limits(client)
+            await ensure_crash_detection(client, heartbeat_s)
 
     asyncio.run(_limits())
     names = []
@@ -128,7 +174,9 @@ def register_deployments(extra_parameters: dict[str, Any] | None = None) -> list
             parameters=params,
             cron=spec.cron,
             concurrency_limit=spec.concurrency_limit,
-            job_variables={"env": {**spec.env, "PYTHONPATH": str(REPO_ROOT)}, "working_dir": str(REPO_ROOT)},
+            job_variables={"env": {**spec.env, "PYTHONPATH": str(REPO_ROOT),
+                                   "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(heartbeat_s)},
+                           "working_dir": str(REPO_ROOT)},
             description=spec.description,
             tags=spec.tags,
             print_next_steps=False,

@@ -152,16 +152,19 @@ def stop(home: Path = DEFAULT_HOME) -> None:
         _pidfile(home, what).unlink(missing_ok=True)
 
 
-def register(home: Path = DEFAULT_HOME, port: int = DEFAULT_PORT, extra_parameters: Optional[dict] = None) -> list[str]:
+def register(home: Path = DEFAULT_HOME, port: int = DEFAULT_PORT, extra_parameters: Optional[dict] = None,
+             heartbeat_s: Optional[int] = None) -> list[str]:
     """Register the deployments against the local server (in a subprocess, so the
     server's PREFECT_API_URL applies whatever this process has loaded)."""
     import json
 
+    from deployments.definitions import HEARTBEAT_S
+
     code = (
         "import json,sys; from deployments.definitions import register_deployments; "
-        "print(json.dumps(register_deployments(json.loads(sys.argv[1]))))"
+        "print(json.dumps(register_deployments(json.loads(sys.argv[1]), int(sys.argv[2]))))"
     )
-    out = subprocess.run([sys.executable, "-c", code, json.dumps(extra_parameters or {})],
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(extra_parameters or {}), str(heartbeat_s or HEARTBEAT_S)],
                          env=server_env(home, port), capture_output=True, text=True, cwd=REPO_ROOT)
     if out.returncode != 0:
         raise RuntimeError(f"registering deployments failed:\n{out.stderr[-3000:]}")

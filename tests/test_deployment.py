@@ -37,7 +37,8 @@ def server(tmp_path_factory):
     data = tmp_path_factory.mktemp("data")
     port = _free_port()
     local.start_server(home, port)
-    names = local.register(home, port, extra_parameters={"data_root": str(data / "main")})
+    # heartbeats every 30 s (Prefect's minimum): a killed run is marked Crashed after 90 s
+    names = local.register(home, port, extra_parameters={"data_root": str(data / "main")}, heartbeat_s=30)
     local.start_worker(home, port)
     env = local.server_env(home, port)
     try:
@@ -213,12 +214,27 @@ def test_kill_worker_mid_run_then_resume(server, reference):
         time.sleep(0.5)
     assert list(root.glob("videos/*/.stages/sentences.json")), "run never got going"
     assert not (root / "manifests" / "_manifest.json").exists()
+    killed = _latest_flow_run(server)
+    assert killed.state.is_running()
     worker_pid = int((server["home"] / "worker.pid").read_text())
     _kill_tree(worker_pid)
+    killed_at = time.monotonic()
 
     local.start_worker(server["home"], server["port"])
     _run_deployment(server, params={"data_root": str(root)})
     pd.testing.assert_frame_equal(reference, _manifest(root))
+
+    # The killed run's heartbeats stopped: the crash-detection automation marks it
+    # Crashed (it would otherwise show Running forever).
+    async def state_of(client):
+        return (await client.read_flow_run(killed.id)).state
+
+    deadline = killed_at + 300
+    while time.monotonic() < deadline and not _client_call(server, state_of).is_crashed():
+        time.sleep(5)
+    state = _client_call(server, state_of)
+    assert state.is_crashed(), state
+    assert "No heartbeat" in (state.message or "")
 
 
 def test_corrupt_video_is_recorded_and_others_complete(server, tmp_path):

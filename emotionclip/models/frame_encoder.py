@@ -10,6 +10,8 @@ Three subject modes, all without extra parameters:
   plus a masking matrix M added to the attention logits of every layer; the HMN
   token only attends to the subject (see `saam_attention_mask`), and the class
   token takes the subject information through its attention to the HMN token.
+  Unverified: the paper's equations could not be read here and the authors'
+  code implements SAP only (docs/paper-provenance.md).
 
 The frame feature is always `ln_post(CLS output) @ proj`.
 """

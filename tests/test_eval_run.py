@@ -143,3 +143,32 @@ def test_results_markdown_marks_paper_provenance():
     assert "| bold | val | mAP | 1.00 | 22.51* |" in md
     assert "| meld | test | accuracy | 1.00 | n/r |" in md
     assert "third-party copy" in md
+
+
+def test_emotic_features_use_the_authors_224_resize(tmp_path, tiny):
+    """EMOTIC images go through resize 224 + centre crop 224 (authors' loader), the
+    video benchmarks through the model's 256 -> 224."""
+    import dataclasses
+
+    import torch
+    from PIL import Image
+
+    from emotionclip.evaluation.datasets import get_module
+    from emotionclip.evaluation.features import dataset_preprocess, extract_features
+    from emotionclip.models.transforms import ClipPreprocessor
+
+    model = tiny.model
+    assert dataset_preprocess(model.preprocess_cfg, "meld") is model.preprocess_cfg
+    cfg224 = dataset_preprocess(model.preprocess_cfg, "emotic")
+    assert cfg224 == dataclasses.replace(model.preprocess_cfg, resize=224)
+    root = L.make_emotic_preprocessed(tmp_path / "emotic", n=2, missing=None)
+    sample = get_module("emotic").load(root, "test")[0]
+    _, feats, _ = extract_features(model, [sample], dataset="emotic", split="test", cache_dir=tmp_path / "cache",
+                                   model_fp="tiny")
+    w, h = Image.open(sample.media).size
+    boxes = [np.asarray([sample.boxes[0]], np.float32) / np.asarray([w, h, w, h], np.float32)]
+    with torch.no_grad():
+        for cfg, same in ((cfg224, True), (model.preprocess_cfg, False)):
+            x, m = ClipPreprocessor(cfg, train=False)([Image.open(sample.media).convert("RGB")], boxes, [None])
+            ref = torch.nn.functional.normalize(model.eval().encode_frames(x, m), dim=-1).numpy()
+            assert np.allclose(feats, ref, atol=1e-5) == same

@@ -293,6 +293,17 @@ def _image_inputs(s: Sample, preprocessor):
 
 # -- extraction ----------------------------------------------------------------------
 
+def dataset_preprocess(model_cfg: Any, dataset: str) -> Any:
+    """The model's preprocessing with the benchmark's own short-edge resize, where
+    the authors' loader used another one (EMOTIC: 224)."""
+    import dataclasses
+
+    from emotionclip.evaluation.datasets import NAMES, get_spec
+
+    resize = get_spec(dataset).resize if dataset in NAMES else None
+    return dataclasses.replace(model_cfg, resize=resize) if resize else model_cfg
+
+
 def extract_features(
     model: Any,
     samples: Sequence[Sample],
@@ -315,6 +326,8 @@ def extract_features(
 
     from emotionclip.errors import StageError
 
+    from emotionclip.models.transforms import ClipPreprocessor
+
     cfg = config or FeatureConfig()
     kind = samples[0].kind if samples else "video"
     if cfg.detector and kind == "video" and os.path.isabs(cfg.detector) and not os.path.exists(cfg.detector):
@@ -322,13 +335,14 @@ def extract_features(
         from emotionclip.humans import load_detector
 
         load_detector(cfg.detector, device)
-    prep_fp = cfg.fingerprint(model.preprocess_cfg.to_dict(), kind)
+    prep_cfg = dataset_preprocess(model.preprocess_cfg, dataset)
+    prep_fp = cfg.fingerprint(prep_cfg.to_dict(), kind)
     path = cache_file(cache_dir, model_fp, dataset, split, prep_fp)
     stats = FeatureStats(cache_path=str(path))
     cache = read_cache(path)
     work = Path(work_dir) if work_dir else Path(cache_dir) / "work"
     videos = _Videos(work, cfg, device)
-    preprocessor = model.preprocessor(train=False)
+    preprocessor = ClipPreprocessor(prep_cfg, train=False)
     model.eval()
 
     keys = {s.id: sample_key(s) for s in samples}

@@ -83,6 +83,8 @@ class DatasetSpec:
     kind: Kind
     preset_c: float | None  # authors' fixed C (linear_eval.py); None for regression
     load: Callable[[str | Path, str], list[Sample]]
+    # short edge before the centre crop when the authors' loader differs from the model's (256)
+    resize: int | None = None
 
 
 _MAGIC = [

@@ -152,6 +152,9 @@ SPEC = DatasetSpec(
     train_split="train", val_split="val", eval_splits=("val", "test"), kind="image",
     preset_c=2.5,  # authors' linear_eval.py
     load=load,
+    # authors' src/datasets/emotic.py: images resized to 224 (bicubic) then centre-cropped to
+    # 224, keeping more of the scene than the video benchmarks' 256 -> 224
+    resize=224,
 )
 
 

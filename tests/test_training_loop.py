@@ -4,6 +4,7 @@ checkpoints and metrics files, two-process DDP (gloo) against one process."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -223,3 +224,21 @@ def test_gradient_accumulation_sums_the_micro_batch_gradients(corpus, tmp_path):
     trained, manual = _state(tmp_path / "accum"), model.state_dict()
     assert any(not torch.equal(trained[k], start[k]) for k in trained)  # the step moved the weights
     assert all(torch.allclose(trained[k], manual[k], rtol=1e-5, atol=1e-7) for k in trained)
+
+
+def test_fp16_with_grad_scaler_resumes_exactly(corpus, tmp_path):
+    """fp16 autocast + GradScaler (the official-code preset's precision; on CPU the
+    same code path as on a GPU): the scaler's state is checkpointed and restored,
+    so stopping after step 1 and resuming equals an uninterrupted run."""
+    kw = dict(precision="fp16", temporal_dropout=0.0, lr_encoder=1e-4, lr_temporal=1e-4, warmup_steps=1)
+    full = train(_config(corpus, tmp_path / "full", max_steps=3, **kw))
+    assert all(math.isfinite(r["loss"]) for r in full.history)
+    state = load_checkpoint(full.checkpoint)
+    assert state["extra"]["scaler"]["scale"] > 0  # a real scaler, not the disabled stub
+    part = _config(corpus, tmp_path / "part", max_steps=1, ckpt_every_steps=1, **kw)
+    train(part)
+    resumed = train(part.model_copy(update={"max_steps": 3, "resume": "latest"}))
+    a, b = _state(tmp_path / "full"), _state(tmp_path / "part")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # the scaler went on from its checkpointed state (its growth tracker counts every step)
+    assert load_checkpoint(resumed.checkpoint)["extra"]["scaler"] == state["extra"]["scaler"]

@@ -42,10 +42,11 @@ class TrainResult:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """bf16 where the GPU supports it, else fp16 (+ grad scaler); fp32 on CPU
-    unless bf16 is asked for explicitly (CPU autocast supports bf16 only)."""
+    """auto: bf16 where the GPU supports it, else fp16 (+ grad scaler), fp32 on
+    CPU; an explicit bf16/fp16 is honoured on CPU too (slow there, but it runs
+    the same mixed-precision and grad-scaler code as a GPU)."""
     if device.type != "cuda":
-        return "bf16" if precision == "bf16" else "fp32"
+        return precision if precision in ("bf16", "fp16") else "fp32"
     if precision == "auto":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return precision
@@ -141,7 +142,7 @@ def train(config: TrainConfig, *, dataset: ClipDataset | None = None, model: Any
 
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config, steps_per_epoch)
-    scaler = torch.amp.GradScaler("cuda", enabled=(precision == "fp16"))
+    scaler = torch.amp.GradScaler(device.type, enabled=(precision == "fp16"))
     loss_fn = SentimentGuidedLoss(beta=config.beta, kl_direction=config.kl_direction)
 
     step, epoch, step_in_epoch = 0, 0, 0

@@ -325,7 +325,6 @@ def extract_features(
     import torch.nn.functional as F
 
     from emotionclip.errors import StageError
-
     from emotionclip.models.transforms import ClipPreprocessor
 
     cfg = config or FeatureConfig()

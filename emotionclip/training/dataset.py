@@ -112,13 +112,9 @@ def crop_box_ranges(boxes: np.ndarray, width: int, height: int, left: int, top: 
     """Each box's pixel rectangle inside a `size` crop at (left, top) of a `width` x
     `height` frame: int32 [K, 4] = (row0, row1, col0, col1), half-open, empty boxes
     dropped. A pixel belongs to a box when its centre lies inside it, in float32 as
-    `boxes_to_mask`; pixel centres increase along a row, so each test is a range."""
-    ys = (np.arange(top, top + size, dtype=np.float32) + np.float32(0.5)) / np.float32(height)
-    xs = (np.arange(left, left + size, dtype=np.float32) + np.float32(0.5)) / np.float32(width)
+    `boxes_to_mask` (one frame's case of `box_crop_ranges`)."""
     b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-    # first centre >= x1 .. first centre >= x2: exactly the centres with x1 <= c < x2
-    r = np.stack([np.searchsorted(ys, b[:, 1], "left"), np.searchsorted(ys, b[:, 3], "left"),
-                  np.searchsorted(xs, b[:, 0], "left"), np.searchsorted(xs, b[:, 2], "left")], 1).astype(np.int32)
+    r = box_crop_ranges(b, np.tile(np.asarray([width, height, left, top], np.int64), (len(b), 1)), size)
     return r[(r[:, 1] > r[:, 0]) & (r[:, 3] > r[:, 2])]
 
 

@@ -5,7 +5,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# Offline, nothing written to HOME (DESIGN.md section 7).
+# Offline, nothing written to HOME (docs/design.md section 7).
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export YOLO_OFFLINE ?= 1

@@ -3,7 +3,7 @@ JPEG frames from the same file into /dev/null, measured in the same run.
 
     .venv/bin/python bench/bench_frames.py [--duration 60] [--size 1280x720] [--repeats 3]
 
-Goal (issue 2): ratio >= 0.9, i.e. splitting the JPEG stream and writing the
+Goal: ratio >= 0.9, i.e. splitting the JPEG stream and writing the
 random-access zip costs at most 10% over ffmpeg alone.
 """
 

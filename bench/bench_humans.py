@@ -2,7 +2,7 @@
 `iter_frames` + batched `detect_humans`) against the baseline Ultralytics
 `predict` on the same frames already decoded in memory, in the same run.
 
-Goal (issue 3): ratio >= 0.85, i.e. decoding the full-resolution video costs
+Goal: ratio >= 0.85, i.e. decoding the full-resolution video costs
 little because it overlaps inference (background decode thread, ffmpeg in its
 own process).
 

@@ -1,4 +1,4 @@
-"""Loader throughput against only decoding the same JPEG frames (issue 6).
+"""Loader throughput against only decoding the same JPEG frames.
 
     .venv/bin/python bench/bench_loader.py [--videos 4] [--clips 96] [--workers 2] [--repeats 3]
 

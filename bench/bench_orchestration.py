@@ -21,7 +21,7 @@ of the per-video overhead. Both workers then stay up and the driver asks them
 for timed runs in turn, rotating the order each repeat, so the load from other
 users of the machine drifts over all kinds alike; medians are reported.
 
-Goal (issue 4): per-video overhead (flow - plain) / N under 1.5 s.
+Goal: per-video overhead (flow - plain) / N under 1.5 s.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-GOAL_S = 1.5  # issue 4: orchestration overhead per video
+GOAL_S = 1.5  # goal: orchestration overhead per video, in seconds
 # Random tiny models score every emotion about 1/7, so the sample relaxes the neutral
 # threshold (as the sample deployment does); detection at 320 like the sample deployment.
 OVERRIDES = {"stages.filter.max_neutral": 0.5, "stages.humans.imgsz": 320}

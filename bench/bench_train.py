@@ -1,5 +1,5 @@
 """Pre-training throughput on one GPU: the real loop fed by the real loader,
-against the same training steps on one batch already on the GPU (issue 6).
+against the same training steps on one batch already on the GPU.
 
     .venv/bin/python bench/bench_train.py --make-corpus bench-corpus      # once, on any machine (needs ffmpeg)
     python bench/bench_train.py --corpus bench-corpus --device cuda --batch 128 --workers 8

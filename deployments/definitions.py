@@ -28,7 +28,7 @@ HEARTBEAT_S = 60
 # a lost machine: without it the run would show Running forever).
 UNRESPONSIVE_AFTER_HEARTBEATS = 3
 CRASH_AUTOMATION = "emotionclip: crash unresponsive flow runs"
-# Offline environment for the tiny profile (DESIGN.md section 7).
+# Offline environment for the tiny profile (docs/design.md section 7).
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "YOLO_OFFLINE": "1"}
 
 

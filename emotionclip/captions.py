@@ -329,7 +329,7 @@ def caption_format(path: str, text: str) -> str:
 
 
 def parse_caption_text(text: str, fmt: str, path: str = "<caption>") -> pd.DataFrame:
-    """Words table (DESIGN.md section 3) from caption text in format `fmt`."""
+    """Words table (docs/design.md section 3) from caption text in format `fmt`."""
     text = text.lstrip("\ufeff")
     if not text.strip():
         raise CaptionError(path, "caption file is empty")

@@ -1,4 +1,4 @@
-"""The dataset card (DESIGN.md section 3): README.md with counts per stage,
+"""The dataset card (docs/design.md section 3): README.md with counts per stage,
 per-reason rejections, the catalog values and code version that made the
 data, and PNG plots that show it:
 

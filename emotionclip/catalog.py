@@ -21,7 +21,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CATALOG = REPO_ROOT / "data_catalog.yaml"
 CATALOG_ENV = "EMOTIONCLIP_CATALOG"
 
-# Videos that also appear in BoLD; excluded by the authors' index script (DESIGN.md section 4).
+# Videos that also appear in BoLD; excluded by the authors' index script (docs/design.md section 4).
 BOLD_OVERLAP_IDS = [
     "7YpF6DntOYw", "Db19rWN5BGo", "_a9SWtcaNj8", "lWXhqIAvarw", "CrlfWnsS7ac",
     "y7ncweROe9U", "phrYEKv0rmw", "oD_wxyTHJ2I", "914yZXz-iRs", "2qQs3Y9OJX0", "_mAfwH6i90E",
@@ -111,7 +111,10 @@ class SentenceParams(_Strict):
 
 class SentimentParams(_Strict):
     batch_size: int = Field(64, ge=1)
-    max_length: int = Field(512, ge=8)
+    # Appendix B.1: the text for the text encoder and the sentiment model is capped at 76
+    # tokens bracketed by [SOS]/[EOS]; the authors' code truncated the sentiment model's
+    # input at 77 tokens (special tokens included), which we follow.
+    max_length: int = Field(77, ge=8)
 
 
 class HumanParams(_Strict):

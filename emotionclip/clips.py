@@ -1,4 +1,4 @@
-"""Clips (DESIGN.md section 4, "Clips and filter"): one clip per sentence.
+"""Clips (docs/design.md section 4, "Clips and filter"): one clip per sentence.
 
 A clip spans frames `ceil(start_s * fps)` .. `floor(end_s * fps)` inclusive,
 clipped to the frames that exist. It carries the sentence's text and emotion

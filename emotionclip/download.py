@@ -1,6 +1,6 @@
 """Download stage: one video plus its English captions into `raw_dir`, and `info.json`.
 
-Sources (DESIGN.md section 4, contract):
+Sources (docs/design.md section 4, contract):
 - a YouTube id: the URL is built from the validated id;
 - a plain URL of any site yt-dlp supports: the video id is the sanitized
   extractor id;

@@ -1,5 +1,5 @@
 """Process environment defaults: keep caches and settings out of HOME unless
-the user chose otherwise (DESIGN.md section 7)."""
+the user chose otherwise (docs/design.md section 7)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The clip filter (DESIGN.md section 4, "Clips and filter").
+"""The clip filter (docs/design.md section 4, "Clips and filter").
 
 Defaults are the authors' training code: 2 s < duration < 10 s, text of at
 least 3 characters, at least 8 frames, and the paper's neutral < 0.05 (the

@@ -1,4 +1,4 @@
-"""Human detection (DESIGN.md section 4, "Humans").
+"""Human detection (docs/design.md section 4, "Humans").
 
 The paper ran YOLOv7 at 640 px with confidence 0.25 and NMS IoU 0.45, person
 class only. Ultralytics has no YOLOv7, so we use an NMS-based Ultralytics
@@ -48,7 +48,7 @@ _COLUMNS = [f.name for f in DETECTIONS]
 
 def _ultralytics():
     """Import ultralytics after pointing its settings/caches away from HOME and
-    turning off auto-install (DESIGN.md section 7)."""
+    turning off auto-install (docs/design.md section 7)."""
     from emotionclip.env import configure_environment
 
     configure_environment()

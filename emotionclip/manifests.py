@@ -1,4 +1,4 @@
-"""Clip manifests (DESIGN.md section 3): the Parquet shards training reads,
+"""Clip manifests (docs/design.md section 3): the Parquet shards training reads,
 plus `rejected` (with reasons) and `failures`.
 
 Layout under the manifests folder:

@@ -1,6 +1,6 @@
 """A process-level request budget (token bucket) shared by search and download.
 
-YouTube throttles by IP (DESIGN.md section 4), so every request batch that may
+YouTube throttles by IP (docs/design.md section 4), so every request batch that may
 reach it takes a token first. This limits one process; across processes and
 machines the Prefect global concurrency limit of the same budget applies
 (tasks/), which this module knows nothing about.

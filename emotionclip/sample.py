@@ -50,7 +50,7 @@ class Line:
 
 
 # One script per video. Durations are what the sentence lasts in the captions.
-# Clip filter (DESIGN.md section 4): 2 s < duration < 10 s.
+# Clip filter (docs/design.md section 4): 2 s < duration < 10 s.
 SCRIPTS: tuple[tuple[str, tuple[Line, ...]], ...] = (
     # Manual captions, punctuation kept.
     ("vtt", (

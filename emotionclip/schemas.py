@@ -1,4 +1,4 @@
-"""Arrow schemas of every table the pipeline writes (DESIGN.md section 3).
+"""Arrow schemas of every table the pipeline writes (docs/design.md section 3).
 
 One place: writers cast to these, readers validate against them.
 """

@@ -1,6 +1,6 @@
 """Search stage: queries -> candidate videos, filtered as in the paper.
 
-Paper (section 3.1, DESIGN.md section 4): youtube-search-python with queries
+Paper (section 3.1, docs/design.md section 4): youtube-search-python with queries
 such as "TV series" / "TV shows"; keep videos with English closed captions and
 at least 40 minutes long; drop videos that appear in the downstream datasets
 (by YouTube id and by title). The authors' code searched *playlists* for

@@ -1,5 +1,5 @@
 """The `tiny` model profile: small random-weight models of the same classes as
-the paper's, built locally and offline (DESIGN.md section 6).
+the paper's, built locally and offline (docs/design.md section 6).
 
 - a byte-level BPE tokenizer trained on a few sentences (so any text, emoji
   and non-Latin scripts included, tokenizes), wrapped as a transformers

@@ -1,4 +1,4 @@
-"""Test environment: offline, nothing written to HOME (DESIGN.md section 7)."""
+"""Test environment: offline, nothing written to HOME (docs/design.md section 7)."""
 
 from __future__ import annotations
 

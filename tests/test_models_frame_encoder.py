@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+import copy
 
 import open_clip
 import pytest
@@ -117,51 +117,186 @@ def test_sap_empty_mask_differs_from_vanilla_only_through_zero_token(clip, frame
     assert torch.allclose(blocked, vanilla, atol=1e-5, rtol=1e-5)
 
 
-def test_no_extra_parameters(clip):
-    n = {mode: sum(p.numel() for p in EmotionCLIP.from_openclip(clip, subject_mode=mode).parameters())
-         for mode in ("sap", "saam", "vanilla")}
-    assert n["sap"] == n["saam"] == n["vanilla"]
+def test_only_saam_has_a_parameter_of_its_own(clip):
+    models = {mode: EmotionCLIP.from_openclip(clip, subject_mode=mode) for mode in ("sap", "saam", "vanilla")}
+    n = {mode: sum(p.numel() for p in m.parameters()) for mode, m in models.items()}
+    width = clip.visual.class_embedding.shape[0]
+    assert n["sap"] == n["vanilla"]  # SAP is parameter-free (section 3.3)
+    assert n["saam"] == n["sap"] + width  # the learnable HMN token (section 3.2)
+    assert models["sap"].hmn_token is None and models["vanilla"].hmn_token is None
+    assert "hmn_token" in dict(models["saam"].named_parameters())
+    # initialised as the CLS token's input embedding (our documented choice)
+    v = clip.visual
+    assert torch.equal(models["saam"].hmn_token.detach(), (v.class_embedding + v.positional_embedding[0]).detach())
+
+
+INF = float("-inf")
+
+
+def _eq4_reference(coverage: torch.Tensor) -> torch.Tensor:
+    """Eq. 4 written out entry by entry: tokens [CLS, p_1..p_m, HMN], rows = queries."""
+    m = coverage.shape[0]
+    L = m + 2
+    hmn = L - 1
+    in_p = [False] + [bool(c > 0) for c in coverage] + [False]
+    out = torch.zeros(L, L)
+    for q in range(L):
+        for k in range(L):
+            if q == hmn and k == 0:
+                out[q, k] = INF  # HMN does not attend to CLS
+            elif q == hmn and 1 <= k <= m and not in_p[k]:
+                out[q, k] = INF  # HMN attends only to patches in P
+            elif k == hmn and 1 <= q <= m and not in_p[q]:
+                out[q, k] = INF  # a patch outside P does not attend to HMN
+    return out
 
 
 def test_saam_mask_element_by_element():
-    # 2x2 grid: coverage of 4 patches; tokens [CLS, p1, p2, p3, p4, HMN]
+    # 2x2 grid, tokens [CLS, p1, p2, p3, p4, HMN]; partly covered patches are in P
     cov = torch.tensor([[1.0, 0.5, 0.0, 0.25], [0.0, 0.0, 0.0, 0.0]])
     M = saam_attention_mask(cov, num_heads=2)
-    assert M.shape == (4, 6, 6)
-    inf = float("-inf")
-    expected0 = torch.zeros(6, 6)
-    expected0[5] = torch.tensor([inf, 0.0, math.log(0.5), inf, math.log(0.25), 0.0])
-    expected1 = torch.zeros(6, 6)
-    expected1[5] = torch.tensor([inf, inf, inf, inf, inf, 0.0])
-    # sample-major, heads inner (nn.MultiheadAttention's 3-D mask layout)
-    for k, exp in enumerate([expected0, expected0, expected1, expected1]):
+    assert M.shape == (4, 6, 6) and M.dtype == torch.float32
+    e = torch.zeros(6, 6)
+    e[1:5, 5] = torch.tensor([0.0, 0.0, INF, 0.0])  # patch -> HMN: only p3 (not in P) blocked
+    e[5] = torch.tensor([INF, 0.0, 0.0, INF, 0.0, 0.0])  # HMN -> CLS blocked, -> p3 blocked, -> itself allowed
+    no_subject = torch.zeros(6, 6)
+    no_subject[1:5, 5] = INF  # no patch attends to HMN
+    no_subject[5, :5] = INF  # HMN attends to itself only
+    # CLS -> HMN allowed in both (row 0 all zero)
+    for k, exp in enumerate([e, e, no_subject, no_subject]):  # sample-major, heads inner
         for i in range(6):
             for j in range(6):
-                assert M[k, i, j].item() == pytest.approx(exp[i, j].item()), (k, i, j)
+                assert M[k, i, j].item() == exp[i, j].item(), (k, i, j)
+    # the same through the written-out eq. 4, and only the values 0 / -inf ever occur
+    for frame in range(2):
+        assert torch.equal(M[2 * frame], _eq4_reference(cov[frame]))
+    assert set(M.unique().tolist()) == {0.0, INF}
+
+
+def test_saam_mask_on_a_7x7_grid_from_a_box(clip):
+    mask = torch.zeros(1, 224, 224)
+    mask[0, 40:150, 70:130] = 1  # covers some patches partly
+    cov = subject_patch_coverage(mask, 32)[0]
+    assert ((cov > 0) & (cov < 1)).any()
+    M = saam_attention_mask(cov[None], num_heads=3)
+    assert M.shape == (3, 51, 51)
+    for h in range(3):
+        assert torch.equal(M[h], _eq4_reference(cov))
+
+
+def test_mask_in_multihead_attention_gives_zero_weight_exactly_where_eq4_blocks():
+    torch.manual_seed(0)
+    mha = torch.nn.MultiheadAttention(16, 2, batch_first=True)
+    cov = torch.tensor([[1.0, 0.5, 0.0, 0.25], [0.0, 0.0, 0.0, 0.0]])
+    x = torch.randn(2, 6, 16)
+    M = saam_attention_mask(cov, 2)
+    _, w = mha(x, x, x, attn_mask=M, need_weights=True, average_attn_weights=False)  # [2, heads, 6, 6]
+    blocked = torch.isinf(M).view(2, 2, 6, 6)
+    assert torch.isfinite(w).all()
+    assert (w[blocked] == 0).all()
+    assert (w[~blocked] > 0).all()
+    assert torch.allclose(w.sum(-1), torch.ones(2, 2, 6))
+
+
+def _attention_masks_per_layer(model, x, m):
+    """The attn_mask each ViT block's nn.MultiheadAttention receives (forward pre-hooks)."""
+    seen: dict[int, torch.Tensor | None] = {}
+    hooks = []
+    for i, block in enumerate(model.clip.visual.transformer.resblocks):
+        def hook(module, args, kwargs, i=i):
+            seen[i] = kwargs.get("attn_mask")
+        hooks.append(block.attn.register_forward_pre_hook(hook, with_kwargs=True))
+    try:
+        with torch.no_grad():
+            model.encode_frames(x, m)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+@pytest.mark.parametrize("k", [0, 1, 2, None])
+def test_saam_layers_masks_exactly_the_first_k_layers(clip, frames, k):
+    x, m = frames
+    model = EmotionCLIP.from_openclip(clip, subject_mode="saam", saam_layers=k).eval()
+    depth = len(clip.visual.transformer.resblocks)
+    seen = _attention_masks_per_layer(model, x, m)
+    assert sorted(seen) == list(range(depth))
+    k_eff = depth if k is None else k
+    heads = clip.visual.transformer.resblocks[0].attn.num_heads
+    expected = saam_attention_mask(subject_patch_coverage(m, 32), heads)
+    for i in range(depth):
+        if i < k_eff:
+            assert seen[i] is not None and torch.equal(seen[i].float(), expected), i
+        else:
+            assert seen[i] is None, i
+
+
+def test_saam_layers_out_of_range(clip):
+    with pytest.raises(ValueError, match="saam_layers"):
+        EmotionCLIP.from_openclip(clip, subject_mode="saam", saam_layers=3)
+
+
+def test_sap_and_vanilla_pass_no_mask(clip, frames):
+    x, m = frames
+    for mode in ("sap", "vanilla"):
+        seen = _attention_masks_per_layer(EmotionCLIP.from_openclip(clip, subject_mode=mode).eval(), x, m)
+        assert all(v is None for v in seen.values()), mode
 
 
 def test_saam_hmn_token_sees_only_the_subject(clip, frames):
-    """Changing pixels outside the subject changes SAAM's HMN output only through the
-    other tokens; with a single layer there is no such path, so the HMN token's own
-    first-layer output depends only on the subject's patches."""
+    """With one masked layer the HMN token's output depends only on the subject's
+    patches and itself: changing a patch outside the subject leaves it unchanged."""
     x, m = frames
-    v = clip.visual
+    model = EmotionCLIP.from_openclip(clip, subject_mode="saam").eval()
     cov = subject_patch_coverage(m[:1], 32)
-    x2 = x[:1].clone()
     outside = cov[0].view(7, 7) == 0
-    x2[:, :, :32, :32] += 5.0 * outside[0, 0]  # patch (0,0) is outside the subject
     assert outside[0, 0]
-    block = v.transformer.resblocks[0]
-    outs = []
-    with torch.no_grad():
-        for xi in (x[:1], x2):
-            t = v._embeds(xi)
-            z = subject_token(cov, v.positional_embedding)
-            t = torch.cat([t, v.ln_pre(z).unsqueeze(1)], dim=1)
-            M = saam_attention_mask(cov, block.attn.num_heads)
-            outs.append(block(t, attn_mask=M))
-    assert torch.allclose(outs[0][:, -1], outs[1][:, -1], atol=1e-6)  # HMN: unchanged
-    assert not torch.allclose(outs[0][:, 0], outs[1][:, 0])  # CLS sees the whole frame
+    x2 = x[:1].clone()
+    x2[:, :, :32, :32] += 5.0  # patch (0, 0) is outside the subject
+    _, w1 = model.encode_frames(x[:1], m[:1], return_attention=[0])
+    _, w2 = model.encode_frames(x2, m[:1], return_attention=[0])
+    assert torch.allclose(w1[0][:, :, -1], w2[0][:, :, -1], atol=1e-6)  # HMN row: unchanged
+    assert not torch.allclose(w1[0][:, :, 0], w2[0][:, :, 0])  # CLS sees the whole frame
+    assert (w1[0][:, :, -1, 1:50][:, :, cov[0] == 0] == 0).all()
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_saam_no_subject_no_nan_forward_and_backward(clip, autocast):
+    torch.manual_seed(0)
+    model = EmotionCLIP.from_openclip(copy.deepcopy(clip), subject_mode="saam", max_frames=2).train()
+    video = torch.randn(2, 2, 3, 224, 224)
+    masks = torch.zeros(2, 2, 224, 224)  # nobody in any frame
+    tokens = model.tokenize(["Nobody here.", "Still nobody."])
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        v, t, scale = model(video, masks, tokens)
+        loss = (v @ t.T).sum() * scale
+    loss.backward()
+    assert torch.isfinite(v).all() and torch.isfinite(loss)
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            assert torch.isfinite(p.grad).all(), name
+
+
+def test_saam_training_step_finite_and_hmn_token_learns(clip, frames):
+    from emotionclip.models import SentimentGuidedLoss
+
+    torch.manual_seed(0)
+    x, m = frames
+    model = EmotionCLIP.from_openclip(copy.deepcopy(clip), subject_mode="saam", max_frames=2).train()
+    video = x[:2].unsqueeze(1).repeat(1, 2, 1, 1, 1)
+    masks = m[:2].unsqueeze(1).repeat(1, 2, 1, 1)
+    tokens = model.tokenize(["I can't believe it!", "Get out."])
+    v, t, scale = model(video, masks, tokens)
+    loss = SentimentGuidedLoss(beta=10.0)(v, t, torch.randn(2, 7), scale)
+    before = model.hmn_token.detach().clone()
+    loss.backward()
+    assert torch.isfinite(loss)
+    for name, p in model.named_parameters():
+        assert p.grad is None or torch.isfinite(p.grad).all(), name
+    assert model.hmn_token.grad is not None and model.hmn_token.grad.abs().sum() > 0
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+    assert not torch.equal(model.hmn_token.detach(), before)
 
 
 def test_saam_runs_and_is_finite(clip, frames):

@@ -1,4 +1,5 @@
-"""Training presets, parameter groups and learning-rate schedules against issue 6's values."""
+"""Training presets, parameter groups and learning-rate schedules against the paper's
+appendix B.2 and the authors' code."""
 
 from __future__ import annotations
 
@@ -26,16 +27,20 @@ def _groups(model, preset):
 def test_paper_preset_values():
     c = make_config("paper")
     assert (c.betas, c.eps, c.weight_decay) == ((0.98, 0.9), 1e-10, 0.1)
-    assert (c.lr_gain_bias, c.lr_encoder, c.lr_temporal) == (5e-5, 1e-8, 1e-6)
+    # appendix B.2: 1e-6 for every parameter of the temporal encoder
+    assert (c.lr_gain_bias, c.lr_encoder, c.lr_temporal, c.lr_temporal_gain_bias) == (5e-5, 1e-8, 1e-6, 1e-6)
     assert (c.warmup_steps, c.min_lr, c.schedule_unit, c.epochs, c.batch_size) == (2500, 1e-10, "step", 25, 128)
-    assert (c.num_frames, c.image_size, c.beta, c.kl_direction) == (8, 224, 10.0, "code")
+    # eq. 6: KL(s_i || s_j); beta from the authors' code (the paper gives none)
+    assert (c.num_frames, c.image_size, c.beta, c.kl_direction) == (8, 224, 10.0, "paper")
+    assert c.normalization == "clip" and c.ablation is None
     assert c.logit_scale_max == pytest.approx(math.log(100))
 
 
 def test_official_code_preset_values():
     c = make_config("official-code")
     assert (c.betas, c.eps, c.weight_decay) == ((0.98, 0.9), 1e-6, 0.1)
-    assert (c.lr_gain_bias, c.lr_encoder, c.lr_temporal) == (5e-5, 1e-8, 1e-8)
+    assert (c.lr_gain_bias, c.lr_encoder, c.lr_temporal, c.lr_temporal_gain_bias) == (5e-5, 1e-8, 1e-8, 5e-5)
+    assert (c.kl_direction, c.normalization) == ("code", "imagenet")
     assert (c.warmup_steps, c.schedule_unit, c.precision, c.epochs, c.batch_size) == (10000, "epoch", "fp16", 25, 128)
 
 
@@ -46,13 +51,13 @@ def test_unknown_preset_and_bad_override():
         make_config("paper", no_such_field=1)
 
 
-@pytest.mark.parametrize("preset,temporal_lr", [("paper", 1e-6), ("official-code", 1e-8)])
-def test_parameter_groups(model, preset, temporal_lr):
+@pytest.mark.parametrize("preset,temporal_lr,temporal_gb_lr", [("paper", 1e-6, 1e-6), ("official-code", 1e-8, 5e-5)])
+def test_parameter_groups(model, preset, temporal_lr, temporal_gb_lr):
     groups = _groups(model, preset)
     expect = {
         "frame_gain_bias": (5e-5, 0.0), "frame_weight": (1e-8, 0.1),
         "text_gain_bias": (5e-5, 0.0), "text_weight": (1e-8, 0.1),
-        "temporal_gain_bias": (5e-5, 0.0), "temporal_weight": (temporal_lr, 0.1),
+        "temporal_gain_bias": (temporal_gb_lr, 0.0), "temporal_weight": (temporal_lr, 0.1),
         "logit_scale": (1e-8, 0.0),
     }
     assert {k: (g["lr"], g["weight_decay"]) for k, g in groups.items()} == expect
@@ -125,3 +130,10 @@ def test_clamp_logit_scale(model):
         model.clip.logit_scale.fill_(-1.0)
     clamp_logit_scale(model.named_parameters(), LOGIT_SCALE_MAX)
     assert float(model.clip.logit_scale.detach()) == 0.0
+
+
+def test_saam_hmn_token_is_a_frame_gain_like_the_cls_token():
+    torch.manual_seed(0)
+    saam = EmotionCLIP.from_openclip(TINY_MODEL_NAME, subject_mode="saam")
+    groups = {g["name"]: g for g in param_groups(saam, make_config("paper"))}
+    assert any(p is saam.hmn_token for p in groups["frame_gain_bias"]["params"])

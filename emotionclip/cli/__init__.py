@@ -26,6 +26,7 @@ def _register() -> None:
         ("emotionclip.cli.train", "train", "Pre-train EmotionCLIP."),
         ("emotionclip.cli.eval", "eval", "Linear-probe evaluation on the downstream benchmarks."),
         ("emotionclip.cli.catalog", "catalog", "Inspect and validate the data catalog."),
+        ("emotionclip.cli.viz", "viz", "Plots of the model: HMN and CLS attention maps."),
     ]:
         try:
             mod = importlib.import_module(module)

@@ -1,5 +1,5 @@
 """`emotionclip models ...`: build the tiny models; pre-fetch the paper's weights
-on a machine with internet, for machines without it (DESIGN.md section 6)."""
+on a machine with internet, for machines without it (docs/design.md section 6)."""
 
 from __future__ import annotations
 

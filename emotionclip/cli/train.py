@@ -1,8 +1,11 @@
-"""`emotionclip train`: pre-train EmotionCLIP on clip manifests (issue 6).
+"""`emotionclip train`: pre-train EmotionCLIP on clip manifests (paper appendix B.2).
 
     emotionclip train --manifests data/manifests --out runs/x [--preset paper|official-code]
-                      [--profile paper|tiny] [--max-steps N] [--resume latest]
+                      [--ablation NAME] [--profile paper|tiny] [--max-steps N] [--resume latest]
                       [--nproc 8] [--set batch_size=64 --set num_workers=4]
+
+--ablation applies a named row of the paper's Table 1 or Table 3
+(`emotionclip train --list-ablations` prints them with the paper's BoLD numbers).
 
 Writes checkpoints under OUT/checkpoints, OUT/metrics.jsonl (one JSON line per
 logged step) and TensorBoard files under OUT/tensorboard. Several GPUs on this
@@ -21,9 +24,12 @@ from emotionclip.cli._common import parse_overrides
 
 
 def app(
-    manifests: str = typer.Option(..., "--manifests", help="Manifests folder, shard file or fsspec URL."),
-    out: str = typer.Option(..., "--out", help="Output folder: checkpoints, metrics.jsonl, TensorBoard files."),
+    manifests: Optional[str] = typer.Option(None, "--manifests", help="Manifests folder, shard file or fsspec URL."),
+    out: Optional[str] = typer.Option(None, "--out", help="Output folder: checkpoints, metrics.jsonl, TensorBoard files."),
     preset: str = typer.Option("paper", "--preset", help="Training recipe: paper or official-code."),
+    ablation: Optional[str] = typer.Option(
+        None, "--ablation", help="A named row of the paper's Table 1 / Table 3 (see --list-ablations)."),
+    list_ablations: bool = typer.Option(False, "--list-ablations", help="Print the named ablations and exit."),
     profile: Optional[str] = typer.Option(None, "--profile", "-p", help="Catalog model profile (paper or tiny)."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps."),
     resume: Optional[str] = typer.Option(None, "--resume", help="'latest' or a checkpoint path."),
@@ -38,15 +44,24 @@ def app(
 
     from pydantic import ValidationError
 
+    from emotionclip.training.ablations import ABLATIONS
     from emotionclip.training.config import make_config
     from emotionclip.training.launch import run_training
 
+    if list_ablations:
+        for a in ABLATIONS.values():
+            typer.echo(json.dumps({"name": a.name, "rows": list(a.rows), "overrides": a.overrides,
+                                   "paper_bold": a.bold}, ensure_ascii=False))
+        raise typer.Exit(0)
+    if not manifests or not out:
+        typer.echo("error: --manifests and --out are required", err=True)
+        raise typer.Exit(2)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     values = dict(manifests=manifests, out_dir=out, profile=profile, max_steps=max_steps, resume=resume,
                   catalog=str(catalog) if catalog else None, data_root=data_root)
     values.update(parse_overrides(sets))
     try:
-        config = make_config(preset, **values)
+        config = make_config(preset, ablation=ablation, **values)
     except (ValueError, ValidationError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2)

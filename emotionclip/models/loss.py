@@ -1,10 +1,12 @@
-"""Sentiment-guided contrastive loss (SNCE, DESIGN.md section 5).
+"""Sentiment-guided contrastive loss (SNCE, paper section 3.4 eq. 5-7; docs/design.md section 5).
 
-logits_ij = logit_scale * v_i . t_j - w_ij with w_ij = beta / KL between the
-sentiment distributions of samples i and j (w_ii = 0). A pair of samples with
-identical sentiment (KL = 0) gets w = inf: that negative is removed. Both
-directions (video->text, text->video) subtract the same w (not its transpose),
-as the authors' code does; the loss is the mean of the two cross-entropies.
+Eq. 5: logits_ij = logit_scale * v_i . t_j - w_ij; eq. 6: w_ij = beta / KL(s_i || s_j)
+between the sentiment distributions (softmax of the 7 emotion logits) of samples i
+and j, w_ii = 0. The authors' code computes KL(s_j || s_i) for row i, column j
+(`kl_direction="code"`, the official-code preset); the default is the paper's.
+A pair of samples with identical sentiment (KL = 0) gets w = inf: that negative is
+removed. Eq. 7: both directions (video->text, text->video) with the same w_ij for
+row i, column j (not its transpose), the mean of the two cross-entropies.
 With beta = 0 it is exactly CLIP's InfoNCE loss.
 
 DDP: the weights must come from the global batch. Gather features and
@@ -26,15 +28,15 @@ from torch import nn
 
 KLDirection = Literal["code", "paper"]
 
-# Authors' training code: sentiment_scale (beta) = 10.
+# The paper gives no value for beta (Fig. 6 sweeps it); the authors' code: 10.
 DEFAULT_BETA = 10.0
 
 
-def pairwise_kl(sentiment_logits: torch.Tensor, direction: KLDirection = "code") -> torch.Tensor:
+def pairwise_kl(sentiment_logits: torch.Tensor, direction: KLDirection = "paper") -> torch.Tensor:
     """[N, N] KL divergences between the softmaxed rows of `sentiment_logits` [N, C].
 
     direction="code" (authors' code): entry (i, j) = KL(s_j || s_i).
-    direction="paper" (paper's formula): entry (i, j) = KL(s_i || s_j).
+    direction="paper" (eq. 6): entry (i, j) = KL(s_i || s_j).
     Computed elementwise (not as a matrix product) so identical rows give exactly 0.
     """
     if direction not in ("code", "paper"):
@@ -48,7 +50,7 @@ def pairwise_kl(sentiment_logits: torch.Tensor, direction: KLDirection = "code")
 
 
 def sentiment_weights(
-    sentiment_logits: torch.Tensor, beta: float = DEFAULT_BETA, kl_direction: KLDirection = "code"
+    sentiment_logits: torch.Tensor, beta: float = DEFAULT_BETA, kl_direction: KLDirection = "paper"
 ) -> torch.Tensor:
     """w [N, N]: beta / KL off the diagonal (inf where KL = 0), 0 on the diagonal; no gradient."""
     n = sentiment_logits.shape[0]
@@ -66,7 +68,7 @@ class SentimentGuidedLoss(nn.Module):
     sentiment_logits [N, 7] (raw emotion-model logits), logit_scale (exp of the learned
     log-scale)) -> scalar. Pass globally gathered tensors under DDP (see module doc)."""
 
-    def __init__(self, beta: float = DEFAULT_BETA, kl_direction: KLDirection = "code"):
+    def __init__(self, beta: float = DEFAULT_BETA, kl_direction: KLDirection = "paper"):
         super().__init__()
         if beta < 0:
             raise ValueError(f"beta must be >= 0, got {beta}")

@@ -28,7 +28,10 @@ class EmotionCLIPConfig:
 
     clip_model: str | None = None  # OpenCLIP config name, e.g. "ViT-B-32" or "emotionclip-tiny-vit"
     clip_pretrained: str | None = None  # where the initial weights came from (informational)
-    subject_mode: str = "sap"  # paper's choice
+    subject_mode: str = "sap"  # paper's choice (section 4.2.1: SAP is the standard implementation)
+    # SAAM only: the eq. 4 mask is applied in the first `saam_layers` ViT blocks ("up to a
+    # certain layer", section 4.2.1); None = every block.
+    saam_layers: int | None = None
     temporal: str = "transformer"
     max_frames: int = DEFAULT_MAX_FRAMES
     temporal_layers: int = DEFAULT_LAYERS
@@ -55,9 +58,17 @@ class EmotionCLIP(nn.Module):
     def __init__(self, clip: nn.Module, config: EmotionCLIPConfig):
         super().__init__()
         fe.check_visual(clip.visual, config.subject_mode)
+        if config.saam_layers is not None and not 0 <= config.saam_layers <= fe.num_layers(clip.visual):
+            raise ValueError(f"saam_layers must be in [0, {fe.num_layers(clip.visual)}] (the ViT's blocks), "
+                             f"got {config.saam_layers}")
         self.config = config
         self.clip = clip
         self.embed_dim = int(clip.visual.output_dim)
+        # SAAM's learnable human token (section 3.2); sap and vanilla stay parameter-free,
+        # so the authors' (SAP) checkpoint loads with strict key matching.
+        self.hmn_token: nn.Parameter | None = None
+        if config.subject_mode == "saam":
+            self.hmn_token = nn.Parameter(fe.init_hmn_token(clip.visual))
         self.temporal = TemporalEncoder(
             self.embed_dim,
             mode=config.temporal,  # type: ignore[arg-type]
@@ -75,6 +86,7 @@ class EmotionCLIP(nn.Module):
         pretrained: str | None = None,
         *,
         subject_mode: str = "sap",
+        saam_layers: int | None = None,
         temporal: str = "transformer",
         max_frames: int = DEFAULT_MAX_FRAMES,
         temporal_layers: int = DEFAULT_LAYERS,
@@ -105,6 +117,7 @@ class EmotionCLIP(nn.Module):
             clip_model=name,
             clip_pretrained=pretrained,
             subject_mode=subject_mode,
+            saam_layers=saam_layers,
             temporal=temporal,
             max_frames=max_frames,
             temporal_layers=temporal_layers,
@@ -142,9 +155,23 @@ class EmotionCLIP(nn.Module):
         """Frames + boxes -> model inputs, with this model's normalisation."""
         return ClipPreprocessor(self.config.preprocess, train=train)
 
-    def encode_frames(self, frames: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
-        """frames [N, 3, H, W], subject masks [N, H, W] (or None: no subject) -> [N, D]."""
-        return fe.encode_frames(self.clip.visual, frames, masks, self.config.subject_mode)  # type: ignore[arg-type]
+    def encode_frames(
+        self, frames: torch.Tensor, masks: torch.Tensor | None = None, return_attention: bool | Sequence[int] = False
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """frames [N, 3, H, W], subject masks [N, H, W] (or None: no subject) -> [N, D].
+
+        return_attention: True (every block) or 0-based block indices: also return
+        {block: attention weights [N, heads, L, L]} over the tokens [CLS, patches, HMN]
+        (see `emotionclip.models.attention_maps` for per-patch HMN/CLS maps)."""
+        layers: Sequence[int] = ()
+        if return_attention is True:
+            layers = range(fe.num_layers(self.clip.visual))
+        elif return_attention:
+            layers = list(return_attention)
+        return fe.encode_frames(
+            self.clip.visual, frames, masks, self.config.subject_mode,  # type: ignore[arg-type]
+            hmn_token=self.hmn_token, saam_layers=self.config.saam_layers, attention_layers=tuple(layers),
+        )
 
     def encode_video(self, frames: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
         """frames [B, T, 3, H, W], masks [B, T, H, W] (or None) -> video features [B, D] (not normalised)."""

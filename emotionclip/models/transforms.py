@@ -23,6 +23,11 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # The authors' released checkpoint was trained with ImageNet statistics.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# The normalisations a training run can choose (TrainConfig.normalization); the paper is silent.
+NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "clip": (CLIP_MEAN, CLIP_STD),
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+}
 
 # Paper: smaller edge 256, 224 crop; authors' code: boxes with confidence > 0.5 form the mask.
 DEFAULT_RESIZE = 256

@@ -1,4 +1,4 @@
-"""EmotionCLIP pre-training (issue 6): the clip loader, the paper's and the
+"""EmotionCLIP pre-training (appendix B.2): the clip loader, the paper's and the
 authors' code's recipes, AMP + DDP, atomic checkpoints with exact resume.
 No Prefect here (`flows/pretrain.py` orchestrates).
 
@@ -8,6 +8,7 @@ No Prefect here (`flows/pretrain.py` orchestrates).
 
 from __future__ import annotations
 
+from emotionclip.training.ablations import ABLATIONS, Ablation, apply_encoder_setup, get_ablation, trainable_parts
 from emotionclip.training.config import PRESETS, TrainConfig, make_config
 from emotionclip.training.dataset import ClipDataset, sample_frame_indices
 from emotionclip.training.loop import TrainResult, build_dataset, build_model, train
@@ -15,6 +16,7 @@ from emotionclip.training.optim import build_optimizer, build_scheduler, param_g
 from emotionclip.training.sampler import ResumableSampler
 
 __all__ = [
+    "ABLATIONS", "Ablation", "apply_encoder_setup", "get_ablation", "trainable_parts",
     "PRESETS", "TrainConfig", "make_config", "ClipDataset", "sample_frame_indices", "TrainResult",
     "build_dataset", "build_model", "train", "build_optimizer", "build_scheduler", "param_groups",
     "ResumableSampler",

@@ -1,9 +1,12 @@
 """Training configuration: one pydantic model, two named presets.
 
-`paper` follows the EmotionCLIP paper (CVPR 2023, section 4 "Implementation
-details"); `official-code` follows what the authors' public code actually runs
-(github.com/Xeaver/EmotionCLIP, `src/options.py` + `main.py`). Every value says
-where it comes from. `make_config(preset, **overrides)` builds a validated config.
+`paper` follows the EmotionCLIP paper (CVPR 2023; appendix B.2 "Training
+Details", eq. 5-7); `official-code` follows what the authors' public code
+actually runs (github.com/Xeaver/EmotionCLIP, `src/options.py` + `main.py`).
+Every value says where it comes from; docs/paper-provenance.md tabulates them.
+`make_config(preset, **overrides)` builds a validated config; the encoder
+ablations of Tables 1 and 3 are named override sets in
+`emotionclip.training.ablations`.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from emotionclip.training.ablations import get_ablation
 
 Preset = Literal["paper", "official-code"]
 PRESETS: tuple[str, ...] = ("paper", "official-code")
@@ -27,6 +32,7 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     preset: Preset = "paper"
+    ablation: str | None = None  # a named row of Table 1 / Table 3 (emotionclip.training.ABLATIONS), applied by make_config
 
     # -- data -------------------------------------------------------------
     manifests: str = ""  # a manifest Parquet file, a folder of shards, or an fsspec URL
@@ -34,9 +40,9 @@ class TrainConfig(BaseModel):
     catalog: str | None = None  # catalog file (default: data_catalog.yaml / $EMOTIONCLIP_CATALOG)
     profile: str | None = None  # model profile of the catalog (paper | tiny)
     data_root: str | None = None  # override the catalog's data root (where the frame stores live)
-    num_frames: int = Field(8, ge=1)  # paper: 8 frames per clip
-    image_size: int = Field(224, ge=16)  # paper: 224 crops
-    resize: int = Field(256, ge=16)  # paper: smaller edge resized to 256, then cropped
+    num_frames: int = Field(8, ge=1)  # appendix B.2: 8 frames randomly sampled per clip and iteration
+    image_size: int = Field(224, ge=16)  # appendix B.2: 224x224 random crops
+    resize: int = Field(256, ge=16)  # frames are stored at a 256 smaller edge (section 3.1 pipeline), then cropped
     box_conf: float = Field(0.5, ge=0, le=1)  # authors' loader: person boxes with conf > 0.5
     num_workers: int = Field(8, ge=0)  # authors' code: train_loader_workers = 8
     pin_memory: bool = True  # on a GPU: batches copied to pinned host memory (DataLoader thread) before upload
@@ -45,29 +51,50 @@ class TrainConfig(BaseModel):
     # -- model ------------------------------------------------------------
     clip_model: str | None = None  # OpenCLIP config; None = the catalog profile's clip_model
     clip_pretrained: str | None = None  # None = the catalog profile's clip_pretrained
-    subject_mode: Literal["sap", "saam", "vanilla"] = "sap"  # paper's choice: SAP
-    temporal: Literal["transformer", "mean"] = "transformer"  # paper: 6-layer transformer head
+    subject_mode: Literal["sap", "saam", "vanilla"] = "sap"  # paper section 4.2.1: SAP is the standard
+    saam_layers: int | None = Field(None, ge=0)  # SAAM in the first N ViT blocks (section 4.2.1); None = all
+    temporal: Literal["transformer", "mean"] = "transformer"  # paper: 6-layer transformer (Table 3 "mean" row)
     temporal_dropout: float = Field(0.1, ge=0, lt=1)  # authors' head: PyTorch's layer default 0.1
+    # Encoder ablations (Table 3): start from the OpenCLIP weights ("pretrained", appendix B.2)
+    # or from a random initialisation ("random", the rows marked "-"); the temporal encoder
+    # always starts random. A frozen encoder gets no gradient and sits in no optimizer group
+    # (the rows marked with a cross).
+    init_text: Literal["pretrained", "random"] = "pretrained"
+    init_frame: Literal["pretrained", "random"] = "pretrained"
+    freeze_text: bool = False
+    freeze_frame: bool = False
+    # Image normalisation the frames get. The paper is silent; "clip" is what the OpenCLIP
+    # weights were trained with, the authors' code used ImageNet's ("imagenet"). The mean/std
+    # used are written into the run's train_config.json and every checkpoint's model config.
+    normalization: Literal["clip", "imagenet"] = "clip"
 
     # -- loss ---------------------------------------------------------------
-    beta: float = Field(10.0, ge=0)  # authors' code: loss_reweight_scale = 10
-    kl_direction: Literal["code", "paper"] = "code"  # DESIGN.md section 5: default to the code's
+    # The paper gives no value for beta (Fig. 6 sweeps it); 10 is the authors' code's
+    # loss_reweight_scale. beta = 0 is the plain CLIP InfoNCE loss (Table 1 rows without SNCE).
+    beta: float = Field(10.0, ge=0)
+    # Eq. 6: w_ij = beta / KL(s_i || s_j) ("paper"); the authors' code computes KL(s_j || s_i)
+    # for row i, column j ("code", the official-code preset).
+    kl_direction: Literal["code", "paper"] = "paper"
 
     # -- optimisation -------------------------------------------------------
-    epochs: int = Field(25, ge=1)  # paper and code: 25 epochs
-    batch_size: int = Field(128, ge=1)  # paper and code: 128 clips per step (global, all ranks)
+    epochs: int = Field(25, ge=1)  # appendix B.2 and code: 25 epochs
+    batch_size: int = Field(128, ge=1)  # appendix B.2 and code: 128 clips per step (global, all ranks)
     grad_accum_steps: int = Field(1, ge=1)  # micro-batches per optimizer step (loss per micro-batch)
-    betas: tuple[float, float] = (0.98, 0.9)  # paper and code: AdamW betas (0.98, 0.9)
-    eps: float = 1e-10  # paper: 1e-10 (code: 1e-6)
-    weight_decay: float = 0.1  # paper and code: 0.1 on weights only (not gains/biases)
-    lr_gain_bias: float = 5e-5  # paper and code: 5e-5 for every gain and bias
-    lr_encoder: float = 1e-8  # paper and code: 1e-8 for the frame and text encoder weights
-    lr_temporal: float = 1e-6  # paper: 1e-6 for the temporal encoder weights (code: 1e-8)
+    betas: tuple[float, float] = (0.98, 0.9)  # appendix B.2 and code: AdamW beta1 = 0.98, beta2 = 0.9
+    eps: float = 1e-10  # appendix B.2: 1e-10 (code: 1e-6)
+    weight_decay: float = 0.1  # appendix B.2 and code: 0.1, decoupled, on weights only (not gains/biases)
+    lr_gain_bias: float = 5e-5  # appendix B.2 and code: 5e-5 for the encoders' gains and biases
+    lr_encoder: float = 1e-8  # appendix B.2 and code: 1e-8 for the frame and text encoder weights
+    # Appendix B.2: "the learning rate of the parameters in the temporal encoder is set to 1e-6":
+    # every temporal parameter, weights and gains/biases alike. The authors' code: 1e-8 for
+    # its weights (lr_head_rest) and 5e-5 for its gains and biases (official-code preset).
+    lr_temporal: float = 1e-6
+    lr_temporal_gain_bias: float = 1e-6
     lr_logit_scale: float = 1e-8  # paper silent; code: the encoder-weight lr, no decay
-    min_lr: float = 1e-10  # paper and code: cosine down to 1e-10
-    warmup_steps: int = Field(2500, ge=0)  # paper: linear warm-up over 2,500 steps (code: 10,000)
-    warmup_init_factor: float = Field(0.0, ge=0, le=1)  # paper: warm-up from 0 (code: 1e-5 x base lr)
-    schedule_unit: Literal["step", "epoch"] = "step"  # paper: cosine per step (code: per epoch)
+    min_lr: float = 1e-10  # appendix B.2 and code: cosine down to 1e-10
+    warmup_steps: int = Field(2500, ge=0)  # appendix B.2: linear warm-up over 2,500 steps (code: 10,000)
+    warmup_init_factor: float = Field(0.0, ge=0, le=1)  # appendix B.2 says "linearly warmed up" (from 0, our reading; code: 1e-5 x base lr)
+    schedule_unit: Literal["step", "epoch"] = "step"  # appendix B.2: cosine "for the rest of the training", per step (code: per epoch)
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 if supported, else fp16 (code: fp16)
     grad_checkpointing: bool = False
     compile: bool = False  # torch.compile the model
@@ -96,6 +123,8 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
+        if self.ablation is not None:
+            get_ablation(self.ablation)
         if self.image_size > self.resize:
             raise ValueError(f"image_size {self.image_size} is larger than resize {self.resize}")
         if "://" in self.out_dir:
@@ -117,6 +146,9 @@ _PRESET_VALUES: dict[str, dict[str, Any]] = {
     "official-code": {
         "eps": 1e-6,  # src/options.py: adamw_eps = 1e-6
         "lr_temporal": 1e-8,  # src/options.py: lr_head_rest = 1e-8 (every weight matrix)
+        "lr_temporal_gain_bias": 5e-5,  # main.py: the head's gains/biases share lr_gain_bias = 5e-5
+        "kl_direction": "code",  # src/loss: KL(s_j || s_i) for row i, column j
+        "normalization": "imagenet",  # src/datasets: ImageNet mean/std
         "warmup_steps": 10000,  # src/options.py: warmup_t = 10000 iterations
         "warmup_init_factor": 1e-5,  # src/options.py: warmup_mode auto, warmup_init_factor 1e-5
         "schedule_unit": "epoch",  # main.py: CosineAnnealingLR(T_max=max_epochs) stepped per epoch
@@ -125,9 +157,11 @@ _PRESET_VALUES: dict[str, dict[str, Any]] = {
 }
 
 
-def make_config(preset: str = "paper", **overrides: Any) -> TrainConfig:
-    """The named preset with `overrides` applied (validated)."""
+def make_config(preset: str = "paper", ablation: str | None = None, **overrides: Any) -> TrainConfig:
+    """The named preset, then the named ablation's values (Table 1 / Table 3), then
+    `overrides` (validated)."""
     if preset not in _PRESET_VALUES:
         raise ValueError(f"unknown preset {preset!r}; choose one of {list(PRESETS)}")
-    values = {"preset": preset, **_PRESET_VALUES[preset], **overrides}
+    ablated = get_ablation(ablation).overrides if ablation else {}
+    values = {"preset": preset, "ablation": ablation, **_PRESET_VALUES[preset], **ablated, **overrides}
     return TrainConfig(**values)

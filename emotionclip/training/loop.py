@@ -1,4 +1,4 @@
-"""`train(config)`: EmotionCLIP pre-training on clip manifests (issue 6).
+"""`train(config)`: EmotionCLIP pre-training on clip manifests (appendix B.2).
 
 One process per device (torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; without
 them, a single process). Per optimizer step: `grad_accum_steps` micro-batches,
@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from emotionclip.training import checkpoint as ckpt
+from emotionclip.training.ablations import apply_encoder_setup
 from emotionclip.training.config import TrainConfig
 from emotionclip.training.dataset import ClipDataset, batch_masks, collate_clips, normalize_frames
 from emotionclip.training.distributed import all_gather_objects, barrier, init_distributed
@@ -53,18 +54,26 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def build_model(config: TrainConfig, catalog: Any, device: torch.device):
-    """EmotionCLIP from the config (or the catalog profile's OpenCLIP model)."""
+    """EmotionCLIP from the config (or the catalog profile's OpenCLIP model), with the
+    config's encoder initialisation and freezing (Table 3) and image normalisation."""
     from emotionclip.models import EmotionCLIP, PreprocessConfig
+    from emotionclip.models.transforms import NORMALIZATIONS
 
     name = config.clip_model or catalog.models.clip_model
     pretrained = config.clip_pretrained
     if pretrained is None and config.clip_model is None and catalog.models.clip_pretrained:
         pretrained = catalog.model_ref("clip_pretrained")
-    preprocess = PreprocessConfig(resize=config.resize, crop=config.image_size, box_conf_threshold=config.box_conf)
+    if config.init_text == "random" and config.init_frame == "random":
+        pretrained = None  # nothing of the OpenCLIP weights is used
+    mean, std = NORMALIZATIONS[config.normalization]
+    preprocess = PreprocessConfig(resize=config.resize, crop=config.image_size, box_conf_threshold=config.box_conf,
+                                  mean=mean, std=std)
     model = EmotionCLIP.from_openclip(
-        name, pretrained, subject_mode=config.subject_mode, temporal=config.temporal,
-        max_frames=config.num_frames, temporal_dropout=config.temporal_dropout, preprocess=preprocess,
+        name, pretrained, subject_mode=config.subject_mode, saam_layers=config.saam_layers,
+        temporal=config.temporal, max_frames=config.num_frames, temporal_dropout=config.temporal_dropout,
+        preprocess=preprocess,
     )
+    apply_encoder_setup(model, config)
     if config.grad_checkpointing:
         model.clip.set_grad_checkpointing(True)
     return model.to(device)

@@ -1,11 +1,13 @@
 """Parameter groups, AdamW and the learning-rate schedules of both presets.
 
-Groups (paper section 4 and the authors' `main.py`): gains and biases of every
-part get `lr_gain_bias` and no weight decay; the frame and text encoders'
-weights get `lr_encoder`; the temporal encoder's weights get `lr_temporal`;
-the logit scale has its own group (the authors' code: encoder-weight lr, no
-decay). The schedule is a pure function of the optimizer step, so resuming
-needs nothing but the step counter.
+Groups (appendix B.2 and the authors' `main.py`): the frame and text
+encoders' gains and biases get `lr_gain_bias` and no weight decay, their
+weights `lr_encoder`; the temporal encoder's weights get `lr_temporal` and its
+gains and biases `lr_temporal_gain_bias` (both 1e-6 in the paper, 1e-8 / 5e-5
+in the authors' code); the logit scale has its own group (the authors' code:
+encoder-weight lr, no decay). Frozen parameters (`requires_grad=False`, the
+Table 3 ablations) are in no group. The schedule is a pure function of the
+optimizer step, so resuming needs nothing but the step counter.
 """
 
 from __future__ import annotations
@@ -17,46 +19,12 @@ import torch
 from torch import nn
 
 from emotionclip.training.config import TrainConfig
+from emotionclip.training.parts import is_gain_or_bias, parameter_part
 
 GROUP_NAMES: tuple[str, ...] = (
     "frame_gain_bias", "frame_weight", "text_gain_bias", "text_weight",
     "temporal_gain_bias", "temporal_weight", "logit_scale",
 )
-
-# Module names inside EmotionCLIP (`clip.visual.*` = frame encoder, `temporal.*`;
-# the authors' `visual_head` too); everything else in `clip` is the text tower.
-TEMPORAL_MARKERS: tuple[str, ...] = ("temporal", "visual_head")
-FRAME_MARKERS: tuple[str, ...] = ("visual",)
-
-
-def _strip_wrappers(name: str) -> str:
-    for prefix in ("module.", "_orig_mod."):
-        while name.startswith(prefix):
-            name = name[len(prefix):]
-    return name
-
-
-def is_gain_or_bias(name: str, param: torch.Tensor) -> bool:
-    """Gains (norm weights, embeddings' scalar gains) and biases: 1-D tensors or
-    parameters of a norm layer (the authors' test: ndim < 2, 'ln'/'bn'/'bias')."""
-    if param.ndim < 2:
-        return True
-    parts = name.split(".")
-    return any(p.startswith(("ln", "bn")) or "norm" in p or p == "bias" for p in parts)
-
-
-def parameter_part(name: str) -> str:
-    """'frame', 'text', 'temporal' or 'logit_scale' for a parameter name."""
-    name = _strip_wrappers(name)
-    parts = name.split(".")
-    if parts[-1] == "logit_scale":
-        return "logit_scale"
-    if any(p in TEMPORAL_MARKERS for p in parts):
-        return "temporal"
-    if any(p in FRAME_MARKERS for p in parts):
-        return "frame"
-    return "text"
-
 
 def param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
     """AdamW parameter groups with `name`, `lr` and `weight_decay` (empty groups dropped)."""
@@ -65,7 +33,7 @@ def param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
         "frame_weight": (config.lr_encoder, config.weight_decay),
         "text_gain_bias": (config.lr_gain_bias, 0.0),
         "text_weight": (config.lr_encoder, config.weight_decay),
-        "temporal_gain_bias": (config.lr_gain_bias, 0.0),
+        "temporal_gain_bias": (config.lr_temporal_gain_bias, 0.0),
         "temporal_weight": (config.lr_temporal, config.weight_decay),
         "logit_scale": (config.lr_logit_scale, 0.0),
     }

@@ -2,8 +2,10 @@
 
 One step = forward (video + text towers) + SNCE loss + backward + AdamW step,
 on random-init OpenCLIP ViT-B-32 (no download). Baseline: `vanilla` (the plain
-OpenCLIP image tower) measured in the same run; the three modes share one model
-and one optimizer and are interleaved step by step so machine noise hits all alike.
+OpenCLIP image tower) measured in the same run, and SAAM is also printed against
+SAP. The three modes share one model (built as SAAM, so it has the learnable HMN
+token; the other modes leave it unused) and one optimizer, and are interleaved
+step by step so machine noise hits all alike.
 On CPU the ratios use the process's CPU time (all threads), which other processes
 on a shared machine disturb far less than wall time; both are printed.
 
@@ -49,7 +51,7 @@ def main() -> None:
     dev = torch.device(args.device)
 
     torch.manual_seed(0)
-    model = EmotionCLIP.from_openclip(args.model, subject_mode="sap", max_frames=args.frames, device=dev).train()
+    model = EmotionCLIP.from_openclip(args.model, subject_mode="saam", max_frames=args.frames, device=dev).train()
     criterion = SentimentGuidedLoss()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6, weight_decay=0.2)
     b, t = args.batch, args.frames
@@ -97,6 +99,7 @@ def main() -> None:
     kind = "CPU time" if dev.type == "cpu" else "wall time"
     print(f"ratio sap/vanilla  = {basis['sap'] / basis['vanilla']:.3f}  ({kind}; baseline: vanilla)")
     print(f"ratio saam/vanilla = {basis['saam'] / basis['vanilla']:.3f}  ({kind}; baseline: vanilla)")
+    print(f"ratio saam/sap     = {basis['saam'] / basis['sap']:.3f}  ({kind}; baseline: sap)")
 
     if dev.type == "cuda":
         from torch.utils.flop_counter import FlopCounterMode

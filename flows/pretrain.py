@@ -22,12 +22,12 @@ from emotionclip.training.config import TrainConfig, make_config
 
 def _config(manifests: Optional[str], out_dir: str, preset: str, overrides: Optional[dict[str, Any]],
             profile: Optional[str], catalog: Optional[str], data_root: Optional[str],
-            resume: Optional[str], max_steps: Optional[int]) -> TrainConfig:
+            resume: Optional[str], max_steps: Optional[int], ablation: Optional[str] = None) -> TrainConfig:
     from emotionclip.catalog import load_catalog
 
     if not manifests:  # the catalog's manifests folder
         manifests = load_catalog(catalog, profile=profile, data_root=data_root).artifact("manifests")
-    return make_config(preset, **{
+    return make_config(preset, ablation=ablation, **{
         "manifests": manifests, "out_dir": out_dir, "profile": profile, "catalog": catalog,
         "data_root": data_root, "resume": resume, "max_steps": max_steps, **(overrides or {}),
     })
@@ -95,7 +95,7 @@ def _report(config: TrainConfig, summary: dict[str, Any]) -> None:
     create_markdown_artifact(
         key="pretrain-checkpoint",
         markdown=(f"## EmotionCLIP checkpoint\n\n[{ckpt}]({link})\n\n"
-                  f"- preset: `{config.preset}`\n- step: {summary.get('step')}\n- loss: {summary.get('loss')}\n"
+                  f"- preset: `{config.preset}`\n- ablation: `{config.ablation or 'none'}`\n- step: {summary.get('step')}\n- loss: {summary.get('loss')}\n"
                   f"- metrics: `{out / METRICS_FILE}`, TensorBoard: `{out / 'tensorboard'}`\n\n"
                   f"Load with `EmotionCLIP.load(path)`; resume with `emotionclip train ... --resume latest`."),
         description="Latest checkpoint")
@@ -106,6 +106,7 @@ def pretrain(
     manifests: Optional[str] = None,
     out_dir: str = "runs/pretrain",
     preset: str = "paper",
+    ablation: Optional[str] = None,
     overrides: Optional[dict[str, Any]] = None,
     devices: int = 1,
     profile: Optional[str] = None,
@@ -115,10 +116,11 @@ def pretrain(
     max_steps: Optional[int] = None,
 ) -> dict[str, Any]:
     """Pre-train EmotionCLIP. `manifests` defaults to the catalog's manifests folder;
-    `overrides` are TrainConfig fields (e.g. {"batch_size": 64}); `devices` > 1 runs
-    torchrun with one process per GPU on this machine."""
+    `ablation` is a named row of the paper's Table 1 / Table 3 (emotionclip.training.ABLATIONS);
+    `overrides` are TrainConfig fields (e.g. {"batch_size": 64}), applied after it; `devices` > 1
+    runs torchrun with one process per GPU on this machine."""
     logger = get_run_logger()
-    config = _config(manifests, out_dir, preset, overrides, profile, catalog, data_root, resume, max_steps)
+    config = _config(manifests, out_dir, preset, overrides, profile, catalog, data_root, resume, max_steps, ablation)
     info = validate_inputs(config, devices)
     logger.info("training on %d clips from %d videos, %d device(s)", info["clips"], info["videos"], devices)
     summary = train_model(config, devices)

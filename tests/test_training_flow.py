@@ -31,12 +31,13 @@ def test_pretrain_flow_trains_reports_and_fails_with_reason(corpus, tmp_path, mo
     root, manifest, df = corpus
     out = tmp_path / "run"
     result = pretrain(manifests=str(manifest.parent), out_dir=str(out), profile="tiny", data_root=str(root),
-                      overrides=SMALL)
+                      ablation="text-frozen", overrides=SMALL)
     assert result["clips"] == 4 and result["step"] == 2 and result["checkpoint"].endswith(".pt")
     assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == [1, 2]
     table = Artifact.get("pretrain-epochs")
     assert table is not None and '"epoch": 0' in table.data.replace("'", '"')
-    assert Artifact.get("pretrain-checkpoint") is not None
+    report = Artifact.get("pretrain-checkpoint")
+    assert report is not None and "ablation: `text-frozen`" in report.data
 
     # a video without frame store: Failed, naming it
     bad = df.copy()

@@ -208,8 +208,16 @@ def test_cli_attention_errors(corpus, checkpoints, tmp_path):
     assert r.exit_code == 2 and "exactly one of" in r.output
     r = _run("--checkpoint", checkpoints["saam"], "--clip-id", "vid0:99", "--layers", "1-2", *common)
     assert r.exit_code == 2 and "error:" in r.output and "vid0:99" in r.output
-    r = _run("--checkpoint", checkpoints["saam"], *clip, *common)  # default 1-4 on a 2-layer ViT
+    r = _run("--checkpoint", checkpoints["saam"], "--layers", "1-4", *clip, *common)  # a 2-layer ViT
     assert r.exit_code == 2 and "error: --layers" in r.output and "outside 1..2" in r.output
+    r = _run("--checkpoint", checkpoints["saam"], "--layers", "2-1", *clip, *common)
+    assert r.exit_code == 2 and "backwards" in r.output
+    r = _run("--checkpoint", checkpoints["saam"], "--layers", "one", *clip, *common)
+    assert r.exit_code == 2 and "not a layer number" in r.output
+    r = _run("--checkpoint", checkpoints["saam"], *clip, *common)  # default: the paper's 1-4, capped at 2
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output.strip().splitlines()[-1])["layers"] == [1, 2]
+    out.unlink()
     r = _run("--checkpoint", checkpoints["saam"], "--layers", "0", *clip, *common)
     assert r.exit_code == 2 and "outside 1..2" in r.output
     r = _run("--checkpoint", checkpoints["vanilla"], "--layers", "1", *clip, *common)

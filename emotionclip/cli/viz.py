@@ -35,7 +35,9 @@ def attention_cmd(
     clip_model: str = typer.Option("ViT-B-32", "--clip-model", help="OpenCLIP architecture of the official checkpoint (the authors': ViT-B-32)."),
     manifests: str = typer.Option(..., "--manifests", help="Manifests folder, shard file or fsspec URL."),
     clip_id: str = typer.Option(..., "--clip-id", help="The manifest clip to draw."),
-    layers: str = typer.Option("1-4", "--layers", help="Frame-encoder layers, 1-based: '1-4' or '1,6,12'."),
+    layers: Optional[str] = typer.Option(
+        None, "--layers", help="Frame-encoder layers, 1-based: '1-4' or '1,6,12' (default: 1-4 as in the paper's "
+                               "figures, capped at the model's depth)."),
     out: str = typer.Option(..., "--out", help="The PNG to write (local path or fsspec URL)."),
     num_frames: int = typer.Option(8, "--num-frames", help="Frames (rows), uniformly spaced over the clip."),
     device: str = typer.Option("cpu", "--device"),
@@ -69,8 +71,9 @@ def attention_cmd(
     model.eval()
     if model.subject_mode == "vanilla":
         raise _fail("the model's subject_mode is vanilla: it has no HMN token to draw (use a sap or saam model)")
+    depth = fe.num_layers(model.clip.visual)
     try:
-        chosen = parse_layers(layers, fe.num_layers(model.clip.visual))
+        chosen = parse_layers(layers, depth) if layers is not None else tuple(range(1, min(4, depth) + 1))
     except ValueError as e:
         raise _fail(f"--layers {layers!r}: {e}")
 

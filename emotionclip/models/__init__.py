@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from emotionclip.models.attention import AttentionMaps, attention_maps
 from emotionclip.models.checkpoint import (
     load_checkpoint,
     load_official_checkpoint,
@@ -58,6 +59,8 @@ __all__ = [
     "subject_patch_coverage",
     "subject_token",
     "saam_attention_mask",
+    "attention_maps",
+    "AttentionMaps",
     "encode_frames",
     "sentiment_weights",
     "pairwise_kl",

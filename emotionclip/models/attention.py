@@ -39,11 +39,13 @@ def parse_layers(spec: str, n_layers: int) -> tuple[int, ...]:
         part = part.strip()
         if not part:
             continue
-        if "-" in part:
-            a, b = part.split("-", 1)
-            out.extend(range(int(a), int(b) + 1))
-        else:
-            out.append(int(part))
+        a, sep, b = part.partition("-")
+        if not (a.strip().isdigit() and (not sep or b.strip().isdigit())):
+            raise ValueError(f"{part!r} is not a layer number or a range like 1-4")
+        lo, hi = int(a), int(b) if sep else int(a)
+        if hi < lo:
+            raise ValueError(f"range {part!r} runs backwards")
+        out.extend(range(lo, hi + 1))
     if not out:
         raise ValueError(f"no layers in {spec!r}")
     bad = [k for k in out if not 1 <= k <= n_layers]
@@ -59,7 +61,10 @@ def attention_maps(
     masks: torch.Tensor | None,
     layers: Sequence[int] = (1, 2, 3, 4),
 ) -> AttentionMaps:
-    """frames [T, 3, H, W] (normalised model inputs), masks [T, H, W] -> AttentionMaps."""
+    """frames [T, 3, H, W] (normalised model inputs), masks [T, H, W] -> AttentionMaps.
+
+    Runs the model in eval mode (restored after). In saam mode the eq. 4 mask holds in
+    the first `saam_layers` layers only: beyond them the HMN token attends freely."""
     if model.subject_mode == "vanilla":
         raise ValueError("attention maps need an HMN token: subject_mode sap or saam, not vanilla")
     visual = model.clip.visual
@@ -67,7 +72,12 @@ def attention_maps(
     n = fe.num_layers(visual)
     if any(not 1 <= k <= n for k in layers):
         raise ValueError(f"layers {layers} must lie in 1..{n}")
-    _, weights = model.encode_frames(frames, masks, return_attention=[k - 1 for k in layers])
+    was_training = model.training
+    model.eval()
+    try:
+        _, weights = model.encode_frames(frames, masks, return_attention=[k - 1 for k in layers])
+    finally:
+        model.train(was_training)
     gh, gw = visual.grid_size if hasattr(visual, "grid_size") else (None, None)
     m = weights[layers[0] - 1].shape[-1] - 2
     if gh is None or gh * gw != m:

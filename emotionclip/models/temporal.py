@@ -1,4 +1,4 @@
-"""Temporal encoder: frame features [B, T, D] -> video feature [B, D] (DESIGN.md section 5).
+"""Temporal encoder: frame features [B, T, D] -> video feature [B, D] (appendix B.1; docs/design.md section 5).
 
 `transformer` (paper): learned frame position embedding, 6 post-norm
 TransformerEncoderLayers (8 heads, 4D feed-forward, GELU) with a final

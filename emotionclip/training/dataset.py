@@ -1,6 +1,6 @@
 """The pre-training loader: manifest rows + frame stores -> clip tensors.
 
-Per clip (issue 6): `num_frames` frame indices from `frame_start..frame_end`
+Per clip (appendix B.2): `num_frames` frame indices from `frame_start..frame_end`
 (training: drawn without replacement and sorted; evaluation: uniformly
 spaced; fewer frames than needed: every frame plus repeats), each frame resized
 so its smaller edge is `resize` and cropped to `image_size` (training: a random
@@ -463,7 +463,7 @@ class _Lease:
 
 
 class _BufferPool:
-    """A DataLoader worker's frame buffers (issue 6), reused across batches.
+    """A DataLoader worker's frame buffers, reused across batches.
 
     A fresh shared-memory tensor per batch cost ~1.4 ms per clip (a new /dev/shm
     segment whose every page the kernel faults in and zeroes, then unmaps in

@@ -86,7 +86,7 @@ def build_dataset(config: TrainConfig, catalog: Any, model: Any, train: bool = T
     manifest = read_manifests(config.manifests)
     return ClipDataset(
         manifest,
-        _FramesLocation(catalog),
+        FramesLocation(catalog),
         # the tokenizer object, not model.tokenize: workers must not receive the model
         get_tokenizer(model.config.clip_model, int(getattr(model.clip, "context_length", 77))),
         preprocess=model.preprocess_cfg,
@@ -97,7 +97,7 @@ def build_dataset(config: TrainConfig, catalog: Any, model: Any, train: bool = T
     )
 
 
-class _FramesLocation:
+class FramesLocation:
     """Picklable video_id -> frame store location (for DataLoader workers)."""
 
     def __init__(self, catalog: Any):

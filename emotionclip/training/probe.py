@@ -1,4 +1,4 @@
-"""In-training linear probe (issue 6; the authors probed BoLD every epoch).
+"""In-training linear probe (the authors probed BoLD every epoch).
 
 At an epoch end, rank 0 hands the live model (no checkpoint reload) to the
 evaluation package's `run_linear_probe`: the same feature extraction, probe

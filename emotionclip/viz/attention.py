@@ -150,9 +150,9 @@ def _frames_location(frames_location: Any) -> Callable[[str], str]:
     if callable(frames_location):
         return frames_location
     if hasattr(frames_location, "artifact"):  # a Catalog
-        from emotionclip.training.loop import _FramesLocation
+        from emotionclip.training.loop import FramesLocation
 
-        return _FramesLocation(frames_location)
+        return FramesLocation(frames_location)
     raise TypeError("frames_location must be a callable video_id -> frame store, or a Catalog")
 
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from emotionclip.ffmpeg import ffmpeg_exe, run_ffmpeg  # noqa: E402
-from emotionclip.frames import extract_frames, jpeg_ffmpeg_args  # noqa: E402
+from emotionclip.core.ffmpeg import ffmpeg_exe, run_ffmpeg  # noqa: E402
+from emotionclip.stages.frames import extract_frames, jpeg_ffmpeg_args  # noqa: E402
 
 
 def make_source(path: Path, duration: float, size: str, fps: int) -> Path:

@@ -34,10 +34,10 @@ os.environ.setdefault("MPLCONFIGDIR", str(_TMP / "mpl"))
 
 import numpy as np  # noqa: E402
 
-from emotionclip.frames import iter_frames  # noqa: E402
-from emotionclip.humans import (  # noqa: E402
-    PAPER_CONF, PAPER_IMGSZ, PAPER_IOU, PERSON_CLASS, build_tiny_detector, detect_humans, load_detector, resolve_device,
-)
+from emotionclip.stages.frames import iter_frames  # noqa: E402
+from emotionclip.stages.humans import PAPER_CONF, PAPER_IMGSZ, PAPER_IOU, PERSON_CLASS, detect_humans  # noqa: E402
+from emotionclip.zoo.detector import load_detector, resolve_device  # noqa: E402
+from emotionclip.zoo.tiny import build_tiny_detector  # noqa: E402
 from emotionclip.sample import make_test_video  # noqa: E402
 
 

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from emotionclip.frames import FrameStore  # noqa: E402
+from emotionclip.stages.frames import FrameStore  # noqa: E402
 from emotionclip.models import TINY_MODEL_NAME, get_tokenizer  # noqa: E402
 from emotionclip.training.dataset import ClipDataset, collate_clips, decode_frame, sample_frame_indices  # noqa: E402
 from emotionclip.training.sampler import ResumableSampler  # noqa: E402

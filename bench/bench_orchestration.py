@@ -98,11 +98,11 @@ def _load1() -> float:
 
 def run_plain(folder: str, data_root: str) -> dict[str, Any]:
     """The baseline: the library stage functions in a plain loop."""
-    from emotionclip.card import write_card_from_disk
-    from emotionclip.catalog import load_catalog
-    from emotionclip.download import import_local_folder
-    from emotionclip.manifests import build_manifests
-    from emotionclip.pipeline import run_video
+    from emotionclip.stages.card import write_card_from_disk
+    from emotionclip.core.catalog import load_catalog
+    from emotionclip.stages.download import import_local_folder
+    from emotionclip.stages.manifests import build_manifests
+    from emotionclip.stages.registry import run_video
 
     cat = load_catalog(profile="tiny", data_root=data_root, overrides=OVERRIDES)
     ids = import_local_folder(cat, folder)
@@ -237,9 +237,9 @@ def main() -> None:
         worker(args.worker, args.warm_corpus, args.work, args.reply_fd)
         return
 
-    from emotionclip.catalog import load_catalog
+    from emotionclip.core.catalog import load_catalog
     from emotionclip.sample import make_sample_corpus
-    from emotionclip.tiny import build_tiny_models
+    from emotionclip.zoo.tiny import build_tiny_models
 
     n = args.videos
     load_start = os.getloadavg()

@@ -32,8 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from emotionclip import schemas, tiny  # noqa: E402
-from emotionclip.punctuation import restore_punctuation  # noqa: E402
+from emotionclip.core import schemas  # noqa: E402
+from emotionclip.zoo import tiny  # noqa: E402
+from emotionclip.stages.sentences import restore_punctuation  # noqa: E402
 from emotionclip.zoo import load_punctuation_model  # noqa: E402
 
 

@@ -26,8 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from emotionclip import schemas, tiny  # noqa: E402
-from emotionclip.sentiment import score_texts, softmax  # noqa: E402
+from emotionclip.core import schemas  # noqa: E402
+from emotionclip.zoo import tiny  # noqa: E402
+from emotionclip.stages.sentiment import score_texts, softmax  # noqa: E402
 from emotionclip.zoo import load_emotion_model  # noqa: E402
 
 

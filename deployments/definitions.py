@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from emotionclip.catalog import REPO_ROOT
+from emotionclip.core.catalog import REPO_ROOT
 
 WORK_POOL = "emotionclip"
 GPU_TAG_LIMIT = 1  # one model stage at a time per GPU by default
@@ -91,7 +91,7 @@ async def ensure_limits(client) -> None:
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, WorkPoolCreate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
-    from emotionclip.catalog import load_catalog
+    from emotionclip.core.catalog import load_catalog
     from tasks._video_stage import GPU_TAG
     from tasks.download import YOUTUBE_RATE_LIMIT
 

@@ -22,7 +22,7 @@ from typing import Optional
 
 import typer
 
-from emotionclip.catalog import REPO_ROOT
+from emotionclip.core.catalog import REPO_ROOT
 
 app = typer.Typer(no_args_is_help=True, help=__doc__)
 
@@ -214,7 +214,7 @@ def status(home: Path = HomeOpt, port: int = PortOpt) -> None:
 @app.command("where")
 def where(port: int = PortOpt) -> None:
     """Print where the sample run's outputs and the Prefect UI are."""
-    from emotionclip.catalog import load_catalog
+    from emotionclip.core.catalog import load_catalog
 
     cat = load_catalog(profile="tiny")
     typer.echo(f"manifests:    {cat.artifact('manifests')}")

@@ -13,7 +13,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from emotionclip.ffmpeg import run_ffmpeg
+from emotionclip.core.ffmpeg import run_ffmpeg
 
 
 def make_test_video(

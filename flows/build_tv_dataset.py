@@ -19,9 +19,9 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact, u
 from prefect.futures import as_completed
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
-from emotionclip.catalog import Catalog, load_catalog
-from emotionclip.errors import StageError
-from emotionclip.pipeline import VIDEO_STAGES
+from emotionclip.core.catalog import Catalog, load_catalog
+from emotionclip.core.errors import StageError
+from emotionclip.stages.registry import VIDEO_STAGES
 from tasks.card import dataset_card
 from tasks.clips import clips
 from tasks.download import download, import_local_folder

@@ -23,7 +23,7 @@ from emotionclip.training.config import TrainConfig, make_config
 def _config(manifests: Optional[str], out_dir: str, preset: str, overrides: Optional[dict[str, Any]],
             profile: Optional[str], catalog: Optional[str], data_root: Optional[str],
             resume: Optional[str], max_steps: Optional[int], ablation: Optional[str] = None) -> TrainConfig:
-    from emotionclip.catalog import load_catalog
+    from emotionclip.core.catalog import load_catalog
 
     if not manifests:  # the catalog's manifests folder
         manifests = load_catalog(catalog, profile=profile, data_root=data_root).artifact("manifests")
@@ -37,8 +37,8 @@ def _config(manifests: Optional[str], out_dir: str, preset: str, overrides: Opti
 def validate_inputs(config: TrainConfig, devices: int) -> dict[str, Any]:
     """Manifests readable and valid, every video's frame store present, at least one
     global batch of clips. Raises ValueError naming what is wrong."""
-    from emotionclip.io import exists
-    from emotionclip.manifests import read_manifests
+    from emotionclip.core.io import exists
+    from emotionclip.stages.manifests import read_manifests
     from emotionclip.training.loop import load_catalog_for
 
     cat = load_catalog_for(config)

@@ -1,7 +1,7 @@
 """One factory for the per-video stage tasks, so each tasks/<stage>.py is one line
-and the stage logic stays in emotionclip.pipeline (written once).
+and the stage logic stays in emotionclip.stages.registry (written once).
 
-Caching: the task's cache key is the stage key of emotionclip.pipeline (inputs,
+Caching: the task's cache key is the stage key of emotionclip.stages.registry (inputs,
 parameters, model, output location). A re-run with the same key is reported as
 Cached by Prefect and nothing runs (no model load). If the outputs were removed
 after the record was written, the key is salted so the stage runs again.
@@ -15,8 +15,8 @@ from typing import Any
 from prefect import task
 from prefect.context import TaskRunContext
 
-from emotionclip.catalog import Catalog
-from emotionclip.pipeline import VIDEO_STAGES, is_up_to_date, run_stage, stage_key
+from emotionclip.core.catalog import Catalog
+from emotionclip.stages.registry import VIDEO_STAGES, is_up_to_date, run_stage, stage_key
 
 GPU_TAG = "gpu"  # `prefect concurrency-limit create gpu N` caps model stages
 
@@ -38,14 +38,14 @@ def _cache_key(stage: str):
 
 
 def video_stage_task(stage: str):
-    """A Prefect task running `emotionclip.pipeline.run_stage(catalog, stage, video_id)`."""
+    """A Prefect task running `emotionclip.stages.registry.run_stage(catalog, stage, video_id)`."""
     spec = VIDEO_STAGES[stage]
 
     def run(catalog: Catalog, video_id: str) -> dict:
         return run_stage(catalog, stage, video_id)
 
     run.__name__ = stage
-    run.__doc__ = f"Per-video stage `{stage}` (emotionclip.pipeline)."
+    run.__doc__ = f"Per-video stage `{stage}` (emotionclip.stages.registry)."
     return task(
         run,
         name=stage,

@@ -1,4 +1,4 @@
-"""Prefect task for the `clips` stage (logic: emotionclip.pipeline / the stage module)."""
+"""Prefect task for the `clips` stage (logic: emotionclip.stages.registry / the stage module)."""
 
 from tasks._video_stage import video_stage_task
 

@@ -1,4 +1,4 @@
-"""Prefect tasks for the download stage (logic: emotionclip.download)."""
+"""Prefect tasks for the download stage (logic: emotionclip.stages.download)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from prefect import task
 from prefect.concurrency.sync import rate_limit
 from prefect.tasks import exponential_backoff
 
-from emotionclip.catalog import Catalog
+from emotionclip.core.catalog import Catalog
 
 # Global concurrency limit with slot decay, shared by every run and worker:
 # YouTube throttles by IP. Created by `deployments/local.py setup`.
@@ -30,7 +30,7 @@ def is_transient(task, task_run, state) -> bool:
       retry_condition_fn=is_transient)
 def download(catalog: Catalog, video_id: str = "", url: str = "") -> dict:
     """Download one video (a YouTube id or any URL yt-dlp supports) with English captions."""
-    from emotionclip.download import run_download
+    from emotionclip.stages.download import run_download
 
     if video_id:
         rate_limit(YOUTUBE_RATE_LIMIT, strict=False)
@@ -41,7 +41,7 @@ def download(catalog: Catalog, video_id: str = "", url: str = "") -> dict:
 def import_local_folder(catalog: Catalog, folder: str) -> tuple[list[str], list[dict]]:
     """Import a local folder of videos with caption files; returns the video ids
     imported and the failures (videos that could not be imported, with why)."""
-    from emotionclip.download import import_local_folder as _import
+    from emotionclip.stages.download import import_local_folder as _import
 
     failures: list[dict] = []
     return _import(catalog, folder, failures=failures), failures

@@ -1,4 +1,4 @@
-"""Prefect task for filter + manifests (logic: emotionclip.manifests.build_manifests)."""
+"""Prefect task for filter + manifests (logic: emotionclip.stages.manifests.build_manifests)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ import datetime as dt
 
 from prefect import task
 
-from emotionclip.catalog import Catalog
+from emotionclip.core.catalog import Catalog
 
 
 @task(name="manifests")
 def manifests(catalog: Catalog, video_ids: list[str], failures: list[dict]) -> dict:
     """Filter every video's clips and write the manifests, rejected and failures, once, atomically."""
-    from emotionclip.manifests import build_manifests
+    from emotionclip.stages.manifests import build_manifests
 
     now = dt.datetime.now(dt.timezone.utc).isoformat()
     failures = [{"time": now, **f} for f in failures]

@@ -1,4 +1,4 @@
-"""Prefect task for the search stage (logic: emotionclip.search)."""
+"""Prefect task for the search stage (logic: emotionclip.stages.search)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from prefect import task
 from prefect.concurrency.sync import rate_limit
 from prefect.tasks import exponential_backoff
 
-from emotionclip.catalog import Catalog
+from emotionclip.core.catalog import Catalog
 from tasks.download import YOUTUBE_RATE_LIMIT, is_transient
 
 
@@ -15,7 +15,7 @@ from tasks.download import YOUTUBE_RATE_LIMIT, is_transient
       retry_condition_fn=is_transient)
 def search(catalog: Catalog) -> list[dict]:
     """Search YouTube with the catalog's queries and filters; returns the candidates."""
-    from emotionclip.search import run_search
+    from emotionclip.stages.search import run_search
 
     rate_limit(YOUTUBE_RATE_LIMIT, strict=False)
     return run_search(catalog).to_dict("records")

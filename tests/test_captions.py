@@ -10,10 +10,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from emotionclip.captions import CaptionError, clean_line, read_caption_words, run_words
-from emotionclip.catalog import load_catalog
-from emotionclip.errors import StageError
-from emotionclip.schemas import WORDS
+from emotionclip.stages.words import CaptionError, clean_line, read_caption_words, run_words
+from emotionclip.core.catalog import load_catalog
+from emotionclip.core.errors import StageError
+from emotionclip.core.schemas import WORDS
 
 FIX = Path(__file__).parent / "fixtures" / "captions"
 

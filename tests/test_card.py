@@ -9,14 +9,14 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from emotionclip.card import (
+from emotionclip.stages.card import (
     DatasetCard, get_code_version, pick_examples, plot_examples, write_card_from_disk, write_dataset_card,
 )
-from emotionclip.catalog import load_catalog
-from emotionclip.filtering import filter_clips
-from emotionclip.io import atomic_write_parquet
-from emotionclip.manifests import build_manifests
-from emotionclip.schemas import CLIP, EMOTIONS
+from emotionclip.core.catalog import load_catalog
+from emotionclip.stages.filtering import filter_clips
+from emotionclip.core.io import atomic_write_parquet
+from emotionclip.stages.manifests import build_manifests
+from emotionclip.core.schemas import CLIP, EMOTIONS
 
 RED = np.array([255, 48, 48])  # the box colour (#ff3030)
 
@@ -46,7 +46,7 @@ def clips(video_id: str, n: int, seed: int = 0) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """A catalog whose frame store for video `v1` is real (ffmpeg from a generated video)."""
-    from emotionclip.frames import extract_frames
+    from emotionclip.stages.frames import extract_frames
     from emotionclip.sample import make_test_video
 
     tmp = tmp_path_factory.mktemp("card")

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from emotionclip.catalog import DEFAULT_CATALOG, CatalogError, load_catalog
-from emotionclip.ids import InvalidVideoId, sanitize_video_id, validate_video_id
+from emotionclip.core.catalog import DEFAULT_CATALOG, CatalogError, load_catalog
+from emotionclip.core.ids import InvalidVideoId, sanitize_video_id, validate_video_id
 
 
 def _write(tmp_path: Path, data: dict) -> Path:

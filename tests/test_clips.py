@@ -6,11 +6,11 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from emotionclip.catalog import load_catalog
-from emotionclip.clips import clips_table, frame_range, make_clips, run_clips
-from emotionclip.errors import StageError
-from emotionclip.io import atomic_write_parquet, parquet_metadata, read_parquet
-from emotionclip.schemas import CLIP, DETECTIONS, LOGIT_COLUMNS, PROB_COLUMNS, SENTENCES, SENTIMENT
+from emotionclip.core.catalog import load_catalog
+from emotionclip.stages.clips import clips_table, frame_range, make_clips, run_clips
+from emotionclip.core.errors import StageError
+from emotionclip.core.io import atomic_write_parquet, parquet_metadata, read_parquet
+from emotionclip.core.schemas import CLIP, DETECTIONS, LOGIT_COLUMNS, PROB_COLUMNS, SENTENCES, SENTIMENT
 
 
 def sentences(times: list[tuple[float, float]], texts: list[str] | None = None) -> pd.DataFrame:

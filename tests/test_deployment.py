@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from deployments import local
-from emotionclip.catalog import REPO_ROOT
+from emotionclip.core.catalog import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -74,7 +74,7 @@ def _run_deployment(server, name="build-tv-dataset/sample-tiny", params: dict | 
 
 
 def _manifest(root: Path) -> pd.DataFrame:
-    from emotionclip.manifests import read_manifests
+    from emotionclip.stages.manifests import read_manifests
 
     df = read_manifests(root / "manifests")
     return df.sort_values("clip_id").reset_index(drop=True)

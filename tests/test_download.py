@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from emotionclip.catalog import load_catalog
-from emotionclip.download import (
+from emotionclip.core.catalog import load_catalog
+from emotionclip.stages.download import (
     CaptionChoice,
     DownloadParams,
     _YdlLogger,
@@ -23,7 +23,7 @@ from emotionclip.download import (
     select_format,
     ydl_options,
 )
-from emotionclip.errors import StageError
+from emotionclip.core.errors import StageError
 from emotionclip.sample import make_test_video
 from loopback import LoopbackServer, Route
 

@@ -7,9 +7,9 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from emotionclip.catalog import FilterParams
-from emotionclip.filtering import REASONS, filter_clips, rejection_reasons
-from emotionclip.schemas import CLIP, EMOTIONS
+from emotionclip.core.catalog import FilterParams
+from emotionclip.stages.filtering import REASONS, filter_clips, rejection_reasons
+from emotionclip.core.schemas import CLIP, EMOTIONS
 
 
 def clip(i: int = 0, *, text: str = "I can't believe it!", start: float = 1.0, end: float = 5.0,

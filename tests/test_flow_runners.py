@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from emotionclip.manifests import read_manifests
+from emotionclip.stages.manifests import read_manifests
 
 pytestmark = pytest.mark.slow
 

@@ -17,10 +17,10 @@ import pytest
 from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 from PIL import Image
 
-from emotionclip.catalog import load_catalog
-from emotionclip.errors import StageError
-from emotionclip.ffmpeg import ffmpeg_exe, probe_video, run_ffmpeg
-from emotionclip.frames import FrameError, FrameStore, extract_frames, iter_frames, run_frames
+from emotionclip.core.catalog import load_catalog
+from emotionclip.core.errors import StageError
+from emotionclip.core.ffmpeg import ffmpeg_exe, probe_video, run_ffmpeg
+from emotionclip.stages.frames import FrameError, FrameStore, extract_frames, iter_frames, run_frames
 from emotionclip.sample import make_test_video
 
 

@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from emotionclip.catalog import load_catalog
-from emotionclip.errors import ModelNotAvailable, StageError
-from emotionclip.humans import (
-    PAPER_CONF, PAPER_IMGSZ, PAPER_IOU, build_tiny_detector, detect_humans, load_detector, resolve_device, run_humans,
-)
-from emotionclip.io import parquet_metadata, read_parquet
-from emotionclip.schemas import DETECTIONS
+from emotionclip.core.catalog import load_catalog
+from emotionclip.core.errors import ModelNotAvailable, StageError
+from emotionclip.stages.humans import PAPER_CONF, PAPER_IMGSZ, PAPER_IOU, detect_humans, run_humans
+from emotionclip.zoo.detector import load_detector, resolve_device
+from emotionclip.zoo.tiny import build_tiny_detector
+from emotionclip.core.io import parquet_metadata, read_parquet
+from emotionclip.core.schemas import DETECTIONS
 
 # Low enough that the random-weight detector returns boxes (its scores are ~1.6e-4).
 LOW_CONF = 1e-4
@@ -197,7 +197,7 @@ def _add_video(cat, vid: str, duration_s: float = 1.5) -> Path:
 
 
 def test_run_humans_on_a_generated_video(tmp_path, models_dir):
-    from emotionclip.frames import FrameStore, run_frames
+    from emotionclip.stages.frames import FrameStore, run_frames
 
     cat = _catalog(tmp_path, models_dir)
     _add_video(cat, "vid_a")

@@ -11,13 +11,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from emotionclip.catalog import load_catalog
-from emotionclip.io import atomic_write_parquet, read_parquet
-from emotionclip.manifests import (
+from emotionclip.core.catalog import load_catalog
+from emotionclip.core.io import atomic_write_parquet, read_parquet
+from emotionclip.stages.manifests import (
     MANIFEST_FILE, build_manifests, catalog_fingerprint, manifest_info, read_manifests, write_failures,
     write_manifests, write_rejected,
 )
-from emotionclip.schemas import CLIP, EMOTIONS, FAILURES, MANIFEST, REJECTED, SchemaError
+from emotionclip.core.schemas import CLIP, EMOTIONS, FAILURES, MANIFEST, REJECTED, SchemaError
 
 
 def clip(video_id: str, i: int, *, neutral: float = 0.01, start: float = 1.0, end: float = 5.0, text: str = "Oh no!") -> dict:
@@ -79,7 +79,7 @@ def test_rewrite_switches_atomically_and_cleans_up(tmp_path):
 def test_a_failed_write_leaves_the_previous_set(tmp_path, monkeypatch):
     out = tmp_path / "m"
     write_manifests(clips_df([clip("a", i) for i in range(4)]), out, shard_size=2)
-    import emotionclip.manifests as m
+    import emotionclip.stages.manifests as m
 
     calls = {"n": 0}
     real = m.atomic_write_parquet

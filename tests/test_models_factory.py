@@ -7,7 +7,7 @@ import open_clip
 import pytest
 import torch
 
-from emotionclip.errors import ModelNotAvailable
+from emotionclip.core.errors import ModelNotAvailable
 from emotionclip.models import TINY_MODEL_NAME, EmotionCLIP, create_openclip, from_catalog, from_catalog_profile
 
 
@@ -56,7 +56,7 @@ def test_tokenizer_truncation_keeps_end_of_text():
 
 
 def test_from_catalog_tiny_profile():
-    from emotionclip.catalog import load_catalog
+    from emotionclip.core.catalog import load_catalog
 
     cat = load_catalog(profile="tiny")
     model = from_catalog(cat, max_frames=4)

@@ -8,10 +8,10 @@ import sys
 
 import pytest
 
-from emotionclip.catalog import REPO_ROOT, load_catalog
-from emotionclip.download import import_local_folder
-from emotionclip.errors import StageError
-from emotionclip.pipeline import is_up_to_date, list_video_ids, run_stage
+from emotionclip.core.catalog import REPO_ROOT, load_catalog
+from emotionclip.stages.download import import_local_folder
+from emotionclip.core.errors import StageError
+from emotionclip.stages.registry import is_up_to_date, list_video_ids, run_stage
 from emotionclip.sample import make_sample_corpus
 
 

@@ -8,10 +8,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from emotionclip import io, schemas
-from emotionclip.catalog import load_catalog
-from emotionclip.errors import StageError
-from emotionclip.punctuation import (
+from emotionclip.core import io, schemas
+from emotionclip.core.catalog import load_catalog
+from emotionclip.core.errors import StageError
+from emotionclip.stages.sentences import (
     clean_word,
     plan_chunks,
     restore_punctuation,

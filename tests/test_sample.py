@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from emotionclip.captions import clean_line, read_caption_words
-from emotionclip.ffmpeg import probe_video
-from emotionclip.frames import iter_frames
-from emotionclip.ids import sanitize_video_id
+from emotionclip.stages.words import clean_line, read_caption_words
+from emotionclip.core.ffmpeg import probe_video
+from emotionclip.stages.frames import iter_frames
+from emotionclip.core.ids import sanitize_video_id
 from emotionclip.sample import _asset, make_sample_corpus, make_test_video, sample_script
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from emotionclip.catalog import SearchParams, load_catalog
-from emotionclip.io import parquet_metadata, read_parquet
-from emotionclip.search import (
+from emotionclip.core.catalog import SearchParams, load_catalog
+from emotionclip.core.io import parquet_metadata, read_parquet
+from emotionclip.stages.search import (
     Candidate,
     PlaylistHit,
     SearchError,

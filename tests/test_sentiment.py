@@ -10,10 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from emotionclip import io, schemas
-from emotionclip.catalog import load_catalog
-from emotionclip.errors import StageError
-from emotionclip.sentiment import label_permutation, run_sentiment, score_texts, softmax
+from emotionclip.core import io, schemas
+from emotionclip.core.catalog import load_catalog
+from emotionclip.core.errors import StageError
+from emotionclip.stages.sentiment import label_permutation, run_sentiment, score_texts, softmax
 from emotionclip.zoo import load_emotion_model
 
 TEXTS = [

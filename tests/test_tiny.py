@@ -16,8 +16,8 @@ from transformers import (
     RobertaTokenizerFast,
 )
 
-from emotionclip import schemas
-from emotionclip.tiny import build_tiny_models
+from emotionclip.core import schemas
+from emotionclip.zoo.tiny import build_tiny_models
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from emotionclip.errors import StageError
+from emotionclip.core.errors import StageError
 from emotionclip.models.factory import TINY_MODEL_NAME, get_tokenizer
-from emotionclip.schemas import LOGIT_COLUMNS
+from emotionclip.core.schemas import LOGIT_COLUMNS
 from emotionclip.models.transforms import boxes_to_mask
-from emotionclip.frames import FrameStore
+from emotionclip.stages.frames import FrameStore
 from emotionclip.training.dataset import (
     ClipDataset,
     collate_clips,

@@ -8,9 +8,10 @@ import threading
 import pytest
 from typer.testing import CliRunner
 
-from emotionclip import tiny, zoo
-from emotionclip.catalog import load_catalog
-from emotionclip.errors import ModelNotAvailable
+from emotionclip.zoo import tiny
+from emotionclip import zoo
+from emotionclip.core.catalog import load_catalog
+from emotionclip.core.errors import ModelNotAvailable
 
 
 def test_offline_hub_model_is_a_clear_error():

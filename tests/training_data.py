@@ -1,5 +1,5 @@
 """Small real corpora for the training tests: ffmpeg-made videos, frame stores
-written by `emotionclip.frames.extract_frames`, manifests per schemas.MANIFEST."""
+written by `emotionclip.stages.frames.extract_frames`, manifests per schemas.MANIFEST."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from emotionclip import schemas
-from emotionclip.catalog import Catalog, load_catalog
-from emotionclip.ffmpeg import run_ffmpeg
-from emotionclip.frames import extract_frames
-from emotionclip.io import atomic_write_parquet
+from emotionclip.core import schemas
+from emotionclip.core.catalog import Catalog, load_catalog
+from emotionclip.core.ffmpeg import run_ffmpeg
+from emotionclip.stages.frames import extract_frames
+from emotionclip.core.io import atomic_write_parquet
 from emotionclip.sample import make_test_video
 
 # A white box on black: where the box is in the video, in pixels of a 320x240 frame.

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import typer
 
-from emotionclip.env import configure_environment
+from emotionclip.core.env import configure_environment
 
 configure_environment()
 

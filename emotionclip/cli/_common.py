@@ -27,7 +27,7 @@ def parse_overrides(pairs: Optional[list[str]]) -> dict:
 
 def open_catalog(catalog: Optional[Path], profile: Optional[str], data_root: Optional[str], sets: Optional[list[str]]):
     """Load the catalog or exit 2 with the error naming the key."""
-    from emotionclip.catalog import CatalogError, load_catalog
+    from emotionclip.core.catalog import CatalogError, load_catalog
 
     try:
         return load_catalog(catalog, profile=profile, data_root=data_root, overrides=parse_overrides(sets))

@@ -17,7 +17,7 @@ def show(
     profile: Optional[str] = typer.Option(None, help="Model profile (paper or tiny)."),
 ) -> None:
     """Print the validated catalog (with defaults filled in) as JSON."""
-    from emotionclip.catalog import CatalogError, load_catalog
+    from emotionclip.core.catalog import CatalogError, load_catalog
 
     try:
         cat = load_catalog(catalog, profile=profile)
@@ -30,7 +30,7 @@ def show(
 @app.command("validate")
 def validate(catalog: Optional[Path] = typer.Argument(None, help="Catalog file.")) -> None:
     """Validate a catalog file; exit 2 with the offending key on error."""
-    from emotionclip.catalog import CatalogError, load_catalog
+    from emotionclip.core.catalog import CatalogError, load_catalog
 
     try:
         load_catalog(catalog)

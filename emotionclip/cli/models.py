@@ -23,7 +23,7 @@ def build_tiny(
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
     """Build the tiny random-weight models (offline) under MODELS_DIR/tiny/."""
-    from emotionclip.tiny import build_tiny_models
+    from emotionclip.zoo.tiny import build_tiny_models
 
     target = models_dir if models_dir is not None else open_catalog(catalog, None, None, set_).models_path
     try:
@@ -43,7 +43,7 @@ def _fetch_hf(repo_id: str, out: Path) -> Path:
 
 
 def _fetch_ultralytics(name: str, out: Path) -> Path:
-    from emotionclip.env import configure_environment
+    from emotionclip.core.env import configure_environment
 
     configure_environment()
     from ultralytics.utils.downloads import attempt_download_asset

@@ -33,8 +33,8 @@ def _video_stage(name: str):
         data_root: Optional[str] = DataRootOpt,
         set_: Optional[list[str]] = SetOpt,
     ) -> None:
-        from emotionclip.errors import StageError
-        from emotionclip.pipeline import run_stage
+        from emotionclip.core.errors import StageError
+        from emotionclip.stages.registry import run_stage
 
         cat = open_catalog(catalog, profile, data_root, set_)
         try:
@@ -55,7 +55,7 @@ def search(
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
     """Search YouTube for candidate videos and write the candidates table."""
-    from emotionclip.search import run_search
+    from emotionclip.stages.search import run_search
 
     sets = list(set_ or [])
     if query:
@@ -81,8 +81,8 @@ def download(
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
     """Download one video with English captions (or import a local folder)."""
-    from emotionclip.download import import_local_folder, run_download
-    from emotionclip.errors import StageError
+    from emotionclip.stages.download import import_local_folder, run_download
+    from emotionclip.core.errors import StageError
 
     if sum(x is not None for x in (video_id, url, folder)) != 1:
         raise typer.BadParameter("give exactly one of --video-id, --url, --folder")
@@ -117,8 +117,8 @@ def manifests(
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
     """Filter every video's clips and write the Parquet manifests, rejected and failures."""
-    from emotionclip.manifests import build_manifests
-    from emotionclip.pipeline import is_up_to_date, list_video_ids
+    from emotionclip.stages.manifests import build_manifests
+    from emotionclip.stages.registry import is_up_to_date, list_video_ids
 
     cat = open_catalog(catalog, profile, data_root, set_)
     ids = video_id or [v for v in list_video_ids(cat) if is_up_to_date(cat, "clips", v)]
@@ -133,7 +133,7 @@ def card(
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
     """Write the dataset card (Markdown + plots) from the manifests on disk."""
-    from emotionclip.card import write_card_from_disk
+    from emotionclip.stages.card import write_card_from_disk
 
     cat = open_catalog(catalog, profile, data_root, set_)
     path = write_card_from_disk(cat)

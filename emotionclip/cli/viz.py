@@ -52,7 +52,7 @@ def attention_cmd(
         raise _fail("--num-frames must be at least 1")
     cat = open_catalog(catalog, profile, data_root, None)
 
-    from emotionclip.errors import StageError
+    from emotionclip.core.errors import StageError
     from emotionclip.models import frame_encoder as fe
     from emotionclip.models.attention import parse_layers
     from emotionclip.models.checkpoint import load_model, load_official_checkpoint

@@ -1,10 +1,10 @@
 """Frozen EmotionCLIP features for benchmark samples, cached on disk.
 
-Video samples go through the TV dataset's own stages: `emotionclip.frames.
+Video samples go through the TV dataset's own stages: `emotionclip.stages.frames.
 extract_frames` (8 FPS, smaller edge 256) writes one frame store per video,
 8 frames are taken uniformly over the sample's time range, and where the
 dataset gives no person box the subject mask comes from
-`emotionclip.humans.detect_humans` on the same frames decoded at full
+`emotionclip.stages.humans.detect_humans` on the same frames decoded at full
 resolution (`iter_frames`), with the paper's detector settings. Images (EMOTIC)
 are read directly and encoded by the frame encoder with the annotated box.
 Features are L2-normalised.
@@ -119,7 +119,7 @@ def read_cache(path: Path) -> dict[str, np.ndarray]:
 
 
 def write_cache(path: Path, feats: dict[str, np.ndarray]) -> None:
-    from emotionclip.io import atomic_path
+    from emotionclip.core.io import atomic_path
 
     keys = sorted(feats)
     with atomic_path(path) as tmp:
@@ -177,13 +177,13 @@ class _Videos:
 
     def probe(self, media: str):
         if media not in self._probe:
-            from emotionclip.ffmpeg import probe_video
+            from emotionclip.core.ffmpeg import probe_video
 
             self._probe[media] = probe_video(media)
         return self._probe[media]
 
     def store(self, media: str):
-        from emotionclip.frames import FrameStore, extract_frames
+        from emotionclip.stages.frames import FrameStore, extract_frames
 
         path = self.work_dir / "frames" / f"{self._stem(media)}-{self.cfg.fps}-{self.cfg.short_edge}.zip"
         if not path.is_file():
@@ -195,7 +195,7 @@ class _Videos:
         the full-resolution frames (cached per video and detector settings)."""
         import pandas as pd
 
-        from emotionclip.io import atomic_write_parquet, parquet_metadata, read_parquet
+        from emotionclip.core.io import atomic_write_parquet, parquet_metadata, read_parquet
 
         cfg = self.cfg
         det_fp = hashlib.sha1(json.dumps([_file_or_name_id(cfg.detector), cfg.det_imgsz, cfg.det_conf,
@@ -208,8 +208,9 @@ class _Videos:
             df = read_parquet(path)
         todo = sorted(set(int(i) for i in indices) - done)
         if todo:
-            from emotionclip.frames import iter_frames
-            from emotionclip.humans import detect_humans, load_detector
+            from emotionclip.stages.frames import iter_frames
+            from emotionclip.stages.humans import detect_humans
+            from emotionclip.zoo.detector import load_detector
 
             model = load_detector(cfg.detector, self.device)
             wanted = set(todo)
@@ -324,14 +325,14 @@ def extract_features(
     import torch
     import torch.nn.functional as F
 
-    from emotionclip.errors import StageError
+    from emotionclip.core.errors import StageError
     from emotionclip.models.transforms import ClipPreprocessor
 
     cfg = config or FeatureConfig()
     kind = samples[0].kind if samples else "video"
     if cfg.detector and kind == "video" and os.path.isabs(cfg.detector) and not os.path.exists(cfg.detector):
         # a tiny detector is built on first load: build it before its bytes enter the cache key
-        from emotionclip.humans import load_detector
+        from emotionclip.zoo.detector import load_detector
 
         load_detector(cfg.detector, device)
     prep_cfg = dataset_preprocess(model.preprocess_cfg, dataset)

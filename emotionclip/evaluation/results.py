@@ -119,7 +119,7 @@ def to_markdown(df: pd.DataFrame) -> str:
 
 def write_results(df: pd.DataFrame, out_dir: str | os.PathLike, name: str = "results") -> dict[str, str]:
     """Write `<name>.parquet` and `<name>.md` atomically; returns their paths."""
-    from emotionclip.io import atomic_write_parquet, atomic_write_text
+    from emotionclip.core.io import atomic_write_parquet, atomic_write_text
 
     out = Path(out_dir)
     pq_path, md_path = out / f"{name}.parquet", out / f"{name}.md"

@@ -55,7 +55,7 @@ def load_model(checkpoint: str | None = None, official_checkpoint: str | None = 
                            model_fingerprint(model, official_checkpoint))
     import torch
 
-    from emotionclip.catalog import load_catalog
+    from emotionclip.core.catalog import load_catalog
     from emotionclip.models import from_catalog
 
     cat = load_catalog(catalog_path, profile=profile)
@@ -67,7 +67,7 @@ def load_model(checkpoint: str | None = None, official_checkpoint: str | None = 
 
 def detector_for(profile: str | None, catalog_path: str | None = None) -> str | None:
     """The catalog's detector for `profile` (the active profile when None)."""
-    from emotionclip.catalog import load_catalog
+    from emotionclip.core.catalog import load_catalog
 
     return load_catalog(catalog_path, profile=profile).model_ref("detector")
 

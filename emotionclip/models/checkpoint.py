@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from emotionclip.io import atomic_path, open_file
+from emotionclip.core.io import atomic_path, open_file
 from emotionclip.models.transforms import IMAGENET_MEAN, IMAGENET_STD, PreprocessConfig
 
 if TYPE_CHECKING:

@@ -17,7 +17,7 @@ import open_clip
 import torch
 from torch import nn
 
-from emotionclip.errors import ModelNotAvailable
+from emotionclip.core.errors import ModelNotAvailable
 
 TINY_MODEL_NAME = "emotionclip-tiny-vit"
 _CONFIG_DIR = Path(__file__).parent / "model_configs"

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from emotionclip.io import exists
+from emotionclip.core.io import exists
 
 CKPT_DIR = "checkpoints"
 _STEP_RE = re.compile(r"^step-(?P<step>\d{9})\.pt$")

@@ -34,9 +34,9 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from emotionclip.errors import StageError
+from emotionclip.core.errors import StageError
 from emotionclip.models.transforms import PreprocessConfig, resized_size
-from emotionclip.schemas import LOGIT_COLUMNS
+from emotionclip.core.schemas import LOGIT_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +275,7 @@ class ClipDataset(Dataset):
     def _store(self, video_id: str) -> Any:
         store = self._stores.get(video_id)
         if store is None:
-            from emotionclip.frames import FrameStore
+            from emotionclip.stages.frames import FrameStore
 
             store = FrameStore(self.frames_location(video_id))
             self._stores[video_id] = store

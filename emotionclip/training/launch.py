@@ -24,7 +24,7 @@ CONFIG_FILE = "train_config.json"
 
 def write_config(config: TrainConfig) -> Path:
     """The config as JSON in its output folder (atomic)."""
-    from emotionclip.io import atomic_write_text
+    from emotionclip.core.io import atomic_write_text
 
     path = Path(config.out_dir) / CONFIG_FILE
     atomic_write_text(path, json.dumps(config.model_dump(mode="json"), indent=2) + "\n")

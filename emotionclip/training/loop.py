@@ -80,7 +80,7 @@ def build_model(config: TrainConfig, catalog: Any, device: torch.device):
 
 
 def build_dataset(config: TrainConfig, catalog: Any, model: Any, train: bool = True) -> ClipDataset:
-    from emotionclip.manifests import read_manifests
+    from emotionclip.stages.manifests import read_manifests
     from emotionclip.models import get_tokenizer
 
     manifest = read_manifests(config.manifests)
@@ -108,7 +108,7 @@ class FramesLocation:
 
 
 def load_catalog_for(config: TrainConfig):
-    from emotionclip.catalog import load_catalog
+    from emotionclip.core.catalog import load_catalog
 
     return load_catalog(config.catalog, profile=config.profile, data_root=config.data_root)
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from emotionclip.io import atomic_path
+from emotionclip.core.io import atomic_path
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -182,7 +182,7 @@ def clip_inputs(
     if isinstance(manifests, pd.DataFrame):
         df = manifests
     else:
-        from emotionclip.manifests import read_manifests
+        from emotionclip.stages.manifests import read_manifests
 
         df = read_manifests(manifests)
     rows = df[df["clip_id"].astype(str) == str(clip_id)]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from emotionclip.catalog import REPO_ROOT
+from emotionclip.core.catalog import REPO_ROOT
 
 
 def configure_environment(cache_dir: str | os.PathLike | None = None) -> None:
@@ -19,3 +19,18 @@ def configure_environment(cache_dir: str | os.PathLike | None = None) -> None:
     os.environ.setdefault("MPLBACKEND", "Agg")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def import_ultralytics():
+    """Import ultralytics after pointing its settings/caches away from HOME and
+    turning off auto-install (docs/design.md section 7)."""
+    configure_environment()
+    import ultralytics
+
+    try:  # no usage analytics from a data pipeline (Ultralytics' "sync" setting), in memory only
+        from ultralytics.utils.events import events
+
+        events.enabled = False
+    except (ImportError, AttributeError):
+        pass
+    return ultralytics

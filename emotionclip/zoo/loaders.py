@@ -16,8 +16,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from emotionclip.errors import ModelNotAvailable
-from emotionclip.tiny import PARTS, TINY_DIR
+from emotionclip.core.errors import ModelNotAvailable
+from emotionclip.zoo.tiny import PARTS, TINY_DIR
 
 FETCH_HINT = (
     "Pre-fetch the weights on a machine with internet with `emotionclip models fetch "
@@ -40,7 +40,7 @@ def ensure_model(ref: str) -> str:
     if p.parent.name == TINY_DIR and part is not None:
         from filelock import FileLock
 
-        from emotionclip.tiny import build_tiny_models
+        from emotionclip.zoo.tiny import build_tiny_models
 
         models_dir = p.parent.parent
         models_dir.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from emotionclip.catalog import FilterParams
+from emotionclip.core.catalog import FilterParams
 
 # Priority order: a clip failing several checks is reported under the first.
 REASONS: tuple[str, ...] = (

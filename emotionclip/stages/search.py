@@ -39,10 +39,10 @@ from urllib.parse import quote_plus
 import pandas as pd
 import pyarrow as pa
 
-from emotionclip.catalog import Catalog, SearchParams
-from emotionclip.errors import StageError
-from emotionclip.ids import InvalidVideoId, validate_video_id
-from emotionclip.io import atomic_write_parquet
+from emotionclip.core.catalog import Catalog, SearchParams
+from emotionclip.core.errors import StageError
+from emotionclip.core.ids import InvalidVideoId, validate_video_id
+from emotionclip.core.io import atomic_write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ def candidate_from_ytdlp(entry: dict[str, Any], query: str | None = None,
 
 def _has_english(subs: dict | None, auto: dict | None, langs: list[str],
                  formats: list[str] | None = None) -> bool:
-    from emotionclip.download import choose_captions
+    from emotionclip.stages.download import choose_captions
 
     return choose_captions(subs, auto, langs, formats or ["json3", "vtt", "srt"]) is not None
 
@@ -375,7 +375,7 @@ def probe_candidate(cand: Candidate, *, langs: list[str] | None = None, formats:
     """One yt-dlp metadata request (no media): {"has_english_captions", "duration_s", "title", "channel"}."""
     import yt_dlp
 
-    from emotionclip.download import JS_RUNTIMES
+    from emotionclip.stages.download import JS_RUNTIMES
 
     opts = {"quiet": True, "no_warnings": True, "skip_download": True, "noprogress": True,
             "noplaylist": True, "js_runtimes": dict(JS_RUNTIMES), **(extra_opts or {})}

@@ -6,7 +6,7 @@ the paper's, built locally and offline (docs/design.md section 6).
   RobertaTokenizerFast;
 - a 2-layer `RobertaForTokenClassification` with FullStop's punctuation labels;
 - a 2-layer `RobertaForSequenceClassification` with the 7 emotion labels;
-- an Ultralytics detector from its yaml (built by `emotionclip.humans`).
+- an Ultralytics detector from its yaml (built by `emotionclip.stages.humans`).
 
 They are saved exactly like pre-fetched hub models (`save_pretrained`
 folders, a `.pt` file), so the loaders in `emotionclip.zoo` read them through
@@ -16,13 +16,15 @@ and atomic per part (built in a temporary folder, then renamed into place).
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import uuid
 from pathlib import Path
 from typing import Iterable
 
-from emotionclip.schemas import EMOTIONS, PUNCTUATION_LABELS
+from emotionclip.core.env import import_ultralytics
+from emotionclip.core.schemas import EMOTIONS, PUNCTUATION_LABELS
 
 TINY_DIR = "tiny"
 # Part name -> file/folder name under <models_dir>/tiny (the catalog's tiny profile names these).
@@ -141,10 +143,48 @@ def _build_text_model(kind: str, out_dir: Path) -> None:
     model.save_pretrained(out_dir)
 
 
-def _build_detector(out_file: Path) -> None:
-    # Owned by the humans stage (Ultralytics model from yolo11n.yaml, random weights).
-    from emotionclip.humans import build_tiny_detector
+TINY_DETECTOR_YAML = "yolo11n.yaml"
+TINY_DETECTOR_SEED = 0
+# Fixed so two builds of the tiny detector are byte-identical (Model.save stamps the time).
+_TINY_DATE = "1970-01-01T00:00:00+00:00"
 
+
+def build_tiny_detector(path: str | os.PathLike, seed: int = TINY_DETECTOR_SEED) -> Path:
+    """Write a random-weight Ultralytics detector built from `yolo11n.yaml`
+    (same classes and head as the real checkpoints) to `path`, loadable by
+    `YOLO(path)`. Deterministic: same seed -> same bytes. Nothing is downloaded
+    (the yaml ships inside the ultralytics wheel)."""
+    import torch
+
+    import_ultralytics()
+    from copy import deepcopy
+
+    from ultralytics import YOLO, __version__
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = YOLO(TINY_DETECTOR_YAML, verbose=False)
+    # The checkpoint layout of `Model.save`, minus its wall-clock date.
+    ckpt = {
+        "ema": None,
+        "model": deepcopy(model.model).half(),
+        "modelopt": None,
+        "date": _TINY_DATE,
+        "version": __version__,
+        "license": "AGPL-3.0 License (https://ultralytics.com/license)",
+        "docs": "https://docs.ultralytics.com",
+    }
+    # Saved through a buffer: torch names the zip's records after the file, and
+    # callers write to temporary names (emotionclip.zoo.tiny), so bytes would differ.
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)
+    path.write_bytes(buf.getvalue())
+    return path
+
+
+def _build_detector(out_file: Path) -> None:
     build_tiny_detector(out_file)
 
 

@@ -15,8 +15,8 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from emotionclip import io, schemas
-from emotionclip.errors import StageError
+from emotionclip.core import io, schemas
+from emotionclip.core.errors import StageError
 
 STAGE = "sentiment"
 BATCH_SIZE = 64

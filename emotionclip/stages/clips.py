@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from emotionclip.errors import StageError
-from emotionclip.schemas import BOX, CLIP, LOGIT_COLUMNS, PROB_COLUMNS
+from emotionclip.core.errors import StageError
+from emotionclip.core.schemas import BOX, CLIP, LOGIT_COLUMNS, PROB_COLUMNS
 
 STAGE = "clips"
 PAPER_FPS = 8  # paper: frames at 8 FPS
@@ -104,14 +104,14 @@ def clips_table(clips: pd.DataFrame) -> pa.Table:
 def _n_frames(catalog: Any, video_id: str, det_meta: dict[str, str]) -> int:
     """Frames that exist for this video: the frame store's length when it is
     there (training reads frames from it), capped by the frames detection saw."""
-    from emotionclip.io import exists
+    from emotionclip.core.io import exists
 
     known = []
     if "n_frames" in det_meta:
         known.append(int(det_meta["n_frames"]))
     frames_path = catalog.artifact("frames", video_id)
     if exists(frames_path):
-        from emotionclip.frames import FrameStore
+        from emotionclip.stages.frames import FrameStore
 
         known.append(len(FrameStore(frames_path)))
     if not known:
@@ -121,7 +121,7 @@ def _n_frames(catalog: Any, video_id: str, det_meta: dict[str, str]) -> int:
 
 def run_clips(catalog: Any, video_id: str) -> dict:
     """Sentences + sentiment + detections of one video -> its clips Parquet."""
-    from emotionclip.io import atomic_write_parquet, exists, parquet_metadata, read_parquet
+    from emotionclip.core.io import atomic_write_parquet, exists, parquet_metadata, read_parquet
 
     inputs = {}
     for name in ("sentences", "sentiment", "detections"):

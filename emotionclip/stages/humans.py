@@ -7,7 +7,7 @@ own default IoU is 0.7, and a YOLO26/YOLOv10 head set to its NMS-free
 branch would ignore the IoU (refused here).
 
 Detection runs on the full-resolution frames at the frame store's fps
-(`emotionclip.frames.iter_frames`), decoded in a background thread while the
+(`emotionclip.stages.frames.iter_frames`), decoded in a background thread while the
 previous batch is inferred. Boxes are stored normalized to [0, 1] of the frame
 (x / width, y / height), so they stay valid at any stored frame size. The
 authors' code kept boxes in 640-letterbox coordinates and shifted them; this
@@ -16,19 +16,16 @@ avoids that class of bug.
 
 from __future__ import annotations
 
-import io
-import os
 import queue
 import threading
-from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
 
-from emotionclip.errors import ModelNotAvailable, StageError
-from emotionclip.schemas import DETECTIONS
-from emotionclip.zoo import locked_cache
+from emotionclip.core.errors import StageError
+from emotionclip.core.schemas import DETECTIONS
+from emotionclip.zoo.detector import load_detector, resolve_device
 
 STAGE = "humans"
 
@@ -38,153 +35,7 @@ PAPER_CONF = 0.25
 PAPER_IOU = 0.45  # Ultralytics' default is 0.7: always pass it explicitly
 PERSON_CLASS = 0  # COCO "person"
 
-TINY_DETECTOR_YAML = "yolo11n.yaml"
-TINY_SEED = 0
-# Fixed so two builds of the tiny detector are byte-identical (Model.save stamps the time).
-_TINY_DATE = "1970-01-01T00:00:00+00:00"
-
 _COLUMNS = [f.name for f in DETECTIONS]
-
-
-def _ultralytics():
-    """Import ultralytics after pointing its settings/caches away from HOME and
-    turning off auto-install (docs/design.md section 7)."""
-    from emotionclip.env import configure_environment
-
-    configure_environment()
-    import ultralytics
-
-    try:  # no usage analytics from a data pipeline (Ultralytics' "sync" setting), in memory only
-        from ultralytics.utils.events import events
-
-        events.enabled = False
-    except (ImportError, AttributeError):
-        pass
-    return ultralytics
-
-
-def resolve_device(device: str = "auto") -> str:
-    """"auto" -> "cuda" when a GPU is visible, else "cpu"; anything else is kept."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-# -- building and loading ------------------------------------------------------
-
-def build_tiny_detector(path: str | os.PathLike, seed: int = TINY_SEED) -> Path:
-    """Write a random-weight Ultralytics detector built from `yolo11n.yaml`
-    (same classes and head as the real checkpoints) to `path`, loadable by
-    `YOLO(path)`. Deterministic: same seed -> same bytes. Nothing is downloaded
-    (the yaml ships inside the ultralytics wheel)."""
-    import torch
-
-    _ultralytics()
-    from copy import deepcopy
-
-    from ultralytics import YOLO, __version__
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = YOLO(TINY_DETECTOR_YAML, verbose=False)
-    # The checkpoint layout of `Model.save`, minus its wall-clock date.
-    ckpt = {
-        "ema": None,
-        "model": deepcopy(model.model).half(),
-        "modelopt": None,
-        "date": _TINY_DATE,
-        "version": __version__,
-        "license": "AGPL-3.0 License (https://ultralytics.com/license)",
-        "docs": "https://docs.ultralytics.com",
-    }
-    # Saved through a buffer: torch names the zip's records after the file, and
-    # callers write to temporary names (emotionclip.tiny), so bytes would differ.
-    buf = io.BytesIO()
-    torch.save(ckpt, buf)
-    path.write_bytes(buf.getvalue())
-    return path
-
-
-def _is_ultralytics_asset(ref: str) -> bool:
-    return os.sep not in ref and "/" not in ref and ref.endswith(".pt")
-
-
-def _resolve_weights(ref: str) -> str:
-    """A local .pt path (building a missing tiny model on first use), or an
-    Ultralytics asset name resolved into Ultralytics' weights dir. Offline and
-    absent -> ModelNotAvailable saying how to fetch it."""
-    from emotionclip.zoo import FETCH_HINT, ensure_model
-
-    p = Path(ref).expanduser()
-    if p.is_absolute() or ref.startswith(("./", "../", "~")):
-        return ensure_model(str(p))  # raises ModelNotAvailable for a missing folder/file
-    if p.exists():
-        return str(p.resolve())
-    if not _is_ultralytics_asset(ref):
-        raise ModelNotAvailable(f"detector {ref!r} is neither a local .pt file nor an Ultralytics model name. {FETCH_HINT}")
-    _ultralytics()
-    from ultralytics.utils import SETTINGS
-
-    cached = Path(SETTINGS["weights_dir"]) / ref
-    if cached.exists():
-        return str(cached)
-    offline = os.environ.get("YOLO_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-    if offline:
-        raise ModelNotAvailable(
-            f"the detector weights {ref!r} are not in Ultralytics' weights dir {cached.parent} and "
-            f"YOLO_OFFLINE is set. {FETCH_HINT}"
-        )
-    # Online: Ultralytics downloads into its weights dir (not the working directory).
-    return str(cached)
-
-
-def _check_safe_checkpoint(path: str) -> None:
-    """Refuse a checkpoint that needs anything beyond Ultralytics/torch classes:
-    unpickle it with `weights_only=True` against Ultralytics' allow-list first
-    (YOLO() itself unpickles without restrictions)."""
-    from ultralytics.nn.tasks import torch_safe_load
-
-    torch_safe_load(path, safe_only=True)
-
-
-@locked_cache
-def load_detector(ref: str, device: str = "auto") -> Any:
-    """Load an Ultralytics detector once per process (keyed by ref and device).
-
-    `ref` is `Catalog.model_ref("detector")`: an absolute .pt path (tiny or
-    pre-fetched) or an Ultralytics model name such as "yolo11l.pt". `device`
-    keys the cache (one model per device); Ultralytics moves the weights on the
-    first `predict(device=...)`. A missing tiny model is built on first use.
-    """
-    _ultralytics()
-    from ultralytics import YOLO
-
-    weights = _resolve_weights(ref)
-    if not Path(weights).exists():  # an official asset, online: fetch it into Ultralytics' weights dir
-        from ultralytics.utils.downloads import attempt_download_asset
-
-        from emotionclip.zoo import FETCH_HINT
-
-        try:
-            weights = attempt_download_asset(weights)
-        except Exception as e:  # network errors come in many types; the hint is the same
-            raise ModelNotAvailable(f"could not download the detector weights {ref!r}: {e}. {FETCH_HINT}") from e
-    _check_safe_checkpoint(weights)
-    model = YOLO(weights, task="detect")
-    # YOLO26/YOLOv10 heads can run NMS-free (one-to-one branch); then `iou` is
-    # silently ignored. Refuse a detector whose head is set to (or only has) that branch.
-    head = model.model.model[-1]
-    if getattr(head, "end2end", False):
-        raise ValueError(
-            f"detector {ref!r} runs NMS-free (end-to-end head, e.g. YOLO26/YOLOv10): the paper's NMS at IoU "
-            f"{PAPER_IOU} would not be applied; use an NMS-based model such as yolo11l.pt or yolov8l.pt"
-        )
-    model._emotionclip_lock = threading.Lock()  # Ultralytics predictors are not thread-safe
-    return model
 
 
 # -- detection ------------------------------------------------------------------
@@ -304,10 +155,10 @@ def run_humans(catalog: Any, video_id: str) -> dict:
     """Detect people on every frame of the raw video (the frames the frame
     store holds, at full resolution) and write the detections Parquet with
     `n_frames` in its metadata."""
-    from emotionclip.ffmpeg import FFmpegError
-    from emotionclip.frames import FrameError, iter_frames, local_video
-    from emotionclip.io import atomic_write_parquet
-    from emotionclip.schemas import to_table
+    from emotionclip.core.ffmpeg import FFmpegError
+    from emotionclip.stages.frames import FrameError, iter_frames, local_video
+    from emotionclip.core.io import atomic_write_parquet
+    from emotionclip.core.schemas import to_table
 
     params = catalog.stages.humans
     fps = catalog.stages.frames.fps

@@ -25,8 +25,8 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from emotionclip.filtering import REASONS
-from emotionclip.schemas import EMOTIONS
+from emotionclip.stages.filtering import REASONS
+from emotionclip.core.schemas import EMOTIONS
 
 N_EXAMPLES = 8  # example clips in the grid
 _BINS = 50
@@ -57,7 +57,7 @@ class DatasetCard:
 
 def get_code_version() -> str:
     """`git describe` of the source tree when it is a git checkout, else the package version."""
-    from emotionclip.catalog import REPO_ROOT
+    from emotionclip.core.catalog import REPO_ROOT
 
     try:
         out = subprocess.run(
@@ -165,7 +165,7 @@ def pick_examples(clips: pd.DataFrame, n: int = N_EXAMPLES) -> pd.DataFrame:
 
 def _with_frame_store(catalog: Any, clips: pd.DataFrame) -> pd.DataFrame:
     """Clips of videos whose frame store exists (all clips if none has one)."""
-    from emotionclip.io import exists
+    from emotionclip.core.io import exists
 
     if len(clips) == 0:
         return clips
@@ -177,7 +177,7 @@ def _example_frame(catalog: Any, clip: pd.Series) -> tuple[np.ndarray | None, in
     """The clip's middle frame from its video's frame store (None if unavailable)."""
     k = int((int(clip["frame_start"]) + int(clip["frame_end"])) // 2)
     try:
-        from emotionclip.frames import FrameStore
+        from emotionclip.stages.frames import FrameStore
 
         store = FrameStore(catalog.artifact("frames", clip["video_id"]))
         return np.asarray(store[k].convert("RGB")), k
@@ -318,7 +318,7 @@ def write_dataset_card(
 ) -> DatasetCard:
     """Write README.md and the plots into `out_dir` (replaced as a whole).
     Returns a DatasetCard: `.path` (README.md, also its `str()`), `.markdown`, `.plots`."""
-    from emotionclip.io import is_local
+    from emotionclip.core.io import is_local
 
     if isinstance(failures, pd.DataFrame):
         failures = failures.to_dict("records")
@@ -372,8 +372,8 @@ def write_card_from_disk(
 ) -> DatasetCard:
     """The card from what `build_manifests` wrote (manifests, rejected, failures).
     `counts` (e.g. the flow's summary) default to those stored in `_manifest.json`."""
-    from emotionclip.io import exists, read_parquet
-    from emotionclip.manifests import manifest_info, read_manifests
+    from emotionclip.core.io import exists, read_parquet
+    from emotionclip.stages.manifests import manifest_info, read_manifests
 
     out = catalog.artifact("manifests")
     kept = read_manifests(out)

@@ -21,10 +21,10 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-from emotionclip import io
-from emotionclip.catalog import Catalog
-from emotionclip.errors import StageError
-from emotionclip.ids import validate_video_id
+from emotionclip.core import io
+from emotionclip.core.catalog import Catalog
+from emotionclip.core.errors import StageError
+from emotionclip.core.ids import validate_video_id
 
 
 @dataclass(frozen=True)
@@ -44,13 +44,13 @@ class Stage:
 VIDEO_STAGES: dict[str, Stage] = {
     s.name: s
     for s in [
-        Stage("words", "emotionclip.captions:run_words", ("words",)),
-        Stage("frames", "emotionclip.frames:run_frames", ("frames",)),
-        Stage("sentences", "emotionclip.punctuation:run_sentences", ("sentences",), ("words",), True),
-        Stage("sentiment", "emotionclip.sentiment:run_sentiment", ("sentiment",), ("sentences",), True),
+        Stage("words", "emotionclip.stages.words:run_words", ("words",)),
+        Stage("frames", "emotionclip.stages.frames:run_frames", ("frames",)),
+        Stage("sentences", "emotionclip.stages.sentences:run_sentences", ("sentences",), ("words",), True),
+        Stage("sentiment", "emotionclip.stages.sentiment:run_sentiment", ("sentiment",), ("sentences",), True),
         # Detection decodes the same 8 FPS frames the store holds, so it follows the frame parameters.
-        Stage("humans", "emotionclip.humans:run_humans", ("detections",), ("frames",), True),
-        Stage("clips", "emotionclip.clips:run_clips", ("clips",), ("sentences", "sentiment", "humans", "frames")),
+        Stage("humans", "emotionclip.stages.humans:run_humans", ("detections",), ("frames",), True),
+        Stage("clips", "emotionclip.stages.clips:run_clips", ("clips",), ("sentences", "sentiment", "humans", "frames")),
     ]
 }
 

@@ -33,9 +33,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from emotionclip.filtering import REASONS, filter_clips
-from emotionclip.io import atomic_write_json, atomic_write_parquet, exists, open_file, read_json
-from emotionclip.schemas import CLIP, FAILURES, MANIFEST, REJECTED, SchemaError, validate_table
+from emotionclip.stages.filtering import REASONS, filter_clips
+from emotionclip.core.io import atomic_write_json, atomic_write_parquet, exists, open_file, read_json
+from emotionclip.core.schemas import CLIP, FAILURES, MANIFEST, REJECTED, SchemaError, validate_table
 
 MANIFEST_FILE = "_manifest.json"
 SHARD_PATTERN = "clips-{:05d}.parquet"
@@ -70,7 +70,7 @@ def _sorted(table: pa.Table) -> pa.Table:
 
 def catalog_fingerprint(catalog: Any) -> str:
     """Hash of every stage's parameters and models: what made these manifests."""
-    from emotionclip.catalog import STAGES
+    from emotionclip.core.catalog import STAGES
 
     payload = {"profile": catalog.profile, "stages": {s: catalog.stage_fingerprint(s) for s in STAGES}}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

@@ -27,7 +27,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 from PIL import Image
 
-from emotionclip.ffmpeg import FFmpegError, ffmpeg_exe, probe_video, stderr_tail
+from emotionclip.core.ffmpeg import FFmpegError, ffmpeg_exe, probe_video, stderr_tail
 
 FPS = 8  # paper: frames sampled at 8 FPS
 SHORT_EDGE = 256  # paper: smaller edge resized to 256, aspect kept
@@ -187,7 +187,7 @@ def extract_frames(
 
     Raises FrameError for a missing, corrupt, truncated or frame-less video
     (fewer frames than `min_coverage` of the container's duration, minus one second)."""
-    from emotionclip.io import atomic_path
+    from emotionclip.core.io import atomic_path
 
     video_path = os.fspath(video_path)
     try:
@@ -300,7 +300,7 @@ class FrameStore:
 
     def _zip(self) -> zipfile.ZipFile:
         if self._zf is None or self._pid != os.getpid():
-            from emotionclip.io import open_file
+            from emotionclip.core.io import open_file
 
             self._fh = open_file(self.path, "rb")
             self._zf = zipfile.ZipFile(self._fh, "r")
@@ -394,9 +394,9 @@ def local_video(catalog, video_id: str, stage: str = "frames") -> Iterator[Path]
     """The raw video of `video_id` (info.json's `video_file` in raw_dir) as a local
     path; a remote data root is copied to a temporary folder first. Missing
     info or video -> StageError naming `stage`."""
-    from emotionclip.errors import StageError
-    from emotionclip.ids import validate_video_id
-    from emotionclip.io import exists, is_local, read_json
+    from emotionclip.core.errors import StageError
+    from emotionclip.core.ids import validate_video_id
+    from emotionclip.core.io import exists, is_local, read_json
 
     validate_video_id(video_id)
     info_path = catalog.artifact("info", video_id)
@@ -425,7 +425,7 @@ def local_video(catalog, video_id: str, stage: str = "frames") -> Iterator[Path]
 def run_frames(catalog, video_id: str) -> dict[str, Any]:
     """Frames stage for one video: raw video -> catalog.artifact("frames", video_id).
     Returns {"n_frames", "width", "height", "duration_s"}; bad video -> StageError."""
-    from emotionclip.errors import StageError
+    from emotionclip.core.errors import StageError
 
     params = catalog.stages.frames
     out = catalog.artifact("frames", video_id)

@@ -24,7 +24,7 @@ from typing import Any
 
 import pandas as pd
 
-from emotionclip.schemas import WORDS
+from emotionclip.core.schemas import WORDS
 
 
 class CaptionError(ValueError):
@@ -348,7 +348,7 @@ def read_caption_words(path: str | os.PathLike) -> pd.DataFrame:
     DataFrame with columns word, start_s, end_s, precision: every word once, in
     order, with non-decreasing start times. Raises CaptionError (a ValueError)
     naming the file (and line) when it is missing, empty or malformed."""
-    from emotionclip.io import exists, open_file
+    from emotionclip.core.io import exists, open_file
 
     path = os.fspath(path)
     if not exists(path):
@@ -367,9 +367,9 @@ def run_words(catalog, video_id: str) -> dict[str, Any]:
     """Words stage for one video: info.json's caption_file (in raw_dir) ->
     catalog.artifact("words", video_id). Returns {"n_words", "precision",
     "duration_s"}; a missing, empty or malformed caption -> StageError."""
-    from emotionclip.errors import StageError
-    from emotionclip.ids import validate_video_id
-    from emotionclip.io import atomic_write_parquet, exists, read_json
+    from emotionclip.core.errors import StageError
+    from emotionclip.core.ids import validate_video_id
+    from emotionclip.core.io import atomic_write_parquet, exists, read_json
 
     validate_video_id(video_id)
     info_path = catalog.artifact("info", video_id)

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CATALOG = REPO_ROOT / "data_catalog.yaml"
 CATALOG_ENV = "EMOTIONCLIP_CATALOG"
 
@@ -198,7 +198,7 @@ class Catalog(_Strict):
 
     def artifact(self, name: str, video_id: str | None = None) -> str:
         """Location of artifact `name` (for `video_id` when it is per video)."""
-        from emotionclip.ids import validate_video_id
+        from emotionclip.core.ids import validate_video_id
 
         template = getattr(self.artifacts, name)
         if "{video_id}" in template:

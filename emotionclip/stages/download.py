@@ -36,11 +36,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from emotionclip.catalog import Catalog, DownloadParams
-from emotionclip.errors import StageError
-from emotionclip.ffmpeg import ffmpeg_exe
-from emotionclip.ids import InvalidVideoId, sanitize_video_id, validate_video_id
-from emotionclip.io import atomic_write_json, is_local, read_json
+from emotionclip.core.catalog import Catalog, DownloadParams
+from emotionclip.core.errors import StageError
+from emotionclip.core.ffmpeg import ffmpeg_exe
+from emotionclip.core.ids import InvalidVideoId, sanitize_video_id, validate_video_id
+from emotionclip.core.io import atomic_write_json, is_local, read_json
 from emotionclip.ratelimit import limiter
 
 log = logging.getLogger(__name__)

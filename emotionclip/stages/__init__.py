@@ -1,0 +1,1 @@
+"""The stages of build-tv-dataset, one module per stage, and their registry."""

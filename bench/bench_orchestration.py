@@ -105,7 +105,7 @@ def run_plain(folder: str, data_root: str) -> dict[str, Any]:
     from emotionclip.stages.registry import run_video
 
     cat = load_catalog(profile="tiny", data_root=data_root, overrides=OVERRIDES)
-    ids = import_local_folder(cat, folder)
+    ids = import_local_folder(cat, folder).video_ids
     skipped = 0
     for vid in ids:
         skipped += sum(bool(s.get("skipped")) for s in run_video(cat, vid).values())

@@ -108,7 +108,7 @@ def loader_fed_rate(config, warmup_steps: int) -> tuple[float, float, int]:
     from emotionclip.training import train
     from emotionclip.training.metrics import METRICS_FILE, read_jsonl
 
-    from emotionclip.stages.manifests import read_manifests
+    from emotionclip.core.manifest_store import read_manifests
 
     per_epoch = len(read_manifests(config.manifests)) // config.batch_size
     if config.max_steps >= per_epoch:

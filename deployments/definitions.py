@@ -92,8 +92,7 @@ async def ensure_limits(client) -> None:
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
     from emotionclip.core.catalog import load_catalog
-    from tasks._video_stage import GPU_TAG
-    from tasks.download import YOUTUBE_RATE_LIMIT
+    from flows.tasks import GPU_TAG, YOUTUBE_RATE_LIMIT
 
     try:
         await client.read_work_pool(WORK_POOL)

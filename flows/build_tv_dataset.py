@@ -22,23 +22,10 @@ from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 from emotionclip.core.catalog import Catalog, load_catalog
 from emotionclip.core.errors import StageError
 from emotionclip.stages.registry import VIDEO_STAGES
-from tasks.card import dataset_card
-from tasks.clips import clips
-from tasks.download import download, import_local_folder
-from tasks.frames import frames
-from tasks.humans import humans
-from tasks.manifests import manifests
-from tasks.search import search
-from tasks.sentences import sentences
-from tasks.sentiment import sentiment
-from tasks.words import words
+from flows.tasks import PER_VIDEO_TASKS, dataset_card, download, import_local_folder, manifests, search
 
 Source = Literal["youtube", "urls", "folder", "sample"]
 RunnerKind = Literal["threads", "processes", "dask"]
-
-# In DAG order; each takes (catalog, video_id).
-PER_VIDEO = [words, frames, sentences, sentiment, humans, clips]
-assert [t.name for t in PER_VIDEO] == list(VIDEO_STAGES)
 
 
 def make_task_runner(kind: RunnerKind = "threads", max_workers: Optional[int] = None,
@@ -63,7 +50,7 @@ def make_task_runner(kind: RunnerKind = "threads", max_workers: Optional[int] = 
 def process_video(catalog: Catalog, video_id: str) -> dict[str, Any]:
     """Every per-video stage in order; stops at the first failure and reports it."""
     done: dict[str, Any] = {}
-    for stage_task in PER_VIDEO:
+    for stage_task in PER_VIDEO_TASKS:
         try:
             done[stage_task.name] = stage_task(catalog, video_id)
         except Exception as e:  # StageError names stage and video; keep the others going
@@ -98,7 +85,8 @@ def _acquire(catalog: Catalog, source: Source, urls: list[str], folder: Optional
             folder = str(ensure_sample_corpus(folder or Path(catalog.root) / "sample_corpus"))
         if folder is None:
             raise ValueError("source='folder' needs the `folder` parameter")
-        return import_local_folder(catalog, folder)
+        imported = import_local_folder(catalog, folder)
+        return imported.video_ids, imported.failures
 
     if source == "youtube":
         candidates = search(catalog)
@@ -158,7 +146,7 @@ def build_tv_dataset(
     ok_ids = [r["video_id"] for r in results if r["ok"]]
     failures += [{"video_id": r["video_id"], "stage": r["stage"], "error": r["error"]} for r in results if not r["ok"]]
     summary = manifests(catalog, ok_ids, failures)
-    card = dataset_card(catalog, summary)
+    card_path = dataset_card(catalog, summary)
 
     stage_counts = [
         {"stage": stage, "videos_done": sum(1 for r in results if stage in r["stages"]),
@@ -173,7 +161,7 @@ def build_tv_dataset(
         "videos": len(video_ids) + sum(1 for f in failures if f["stage"] == "download"),
         "processed": len(ok_ids),
         "failures": len(failures),
-        "card": str(card),
+        "card": card_path,
     }
     logger.info("done: %s", result)
     return result

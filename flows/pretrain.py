@@ -38,7 +38,7 @@ def validate_inputs(config: TrainConfig, devices: int) -> dict[str, Any]:
     """Manifests readable and valid, every video's frame store present, at least one
     global batch of clips. Raises ValueError naming what is wrong."""
     from emotionclip.core.io import exists
-    from emotionclip.stages.manifests import read_manifests
+    from emotionclip.core.manifest_store import read_manifests
     from emotionclip.training.loop import load_catalog_for
 
     cat = load_catalog_for(config)

@@ -13,7 +13,7 @@ from emotionclip.stages.card import (
     DatasetCard, get_code_version, pick_examples, plot_examples, write_card_from_disk, write_dataset_card,
 )
 from emotionclip.core.catalog import load_catalog
-from emotionclip.stages.filtering import filter_clips
+from emotionclip.stages.filter import filter_clips
 from emotionclip.core.io import atomic_write_parquet
 from emotionclip.stages.manifests import build_manifests
 from emotionclip.core.schemas import CLIP, EMOTIONS
@@ -66,7 +66,7 @@ def test_card_contents_deterministic_and_atomic(setup, tmp_path):
     out.mkdir()
     (out / "stale.txt").write_text("from an older card")
     card = write_dataset_card(cat, out, counts, kept, rejected, failures, "git v0.1-test")
-    assert isinstance(card, DatasetCard) and str(card) == str(out / "README.md")
+    assert isinstance(card, DatasetCard) and str(card.path) == str(out / "README.md")
     text = (out / "README.md").read_text()
     assert text == card.markdown
     assert "git v0.1-test" in text and "profile `tiny`" in text
@@ -137,5 +137,5 @@ def test_card_from_disk_after_build_manifests(setup, tmp_path):
     assert f"| kept | {counts['kept']} |" in card.markdown and "| manifests | 1 |" in card.markdown
     assert f"catalog fingerprint `{counts['fingerprint']}`" in card.markdown
     # The flow passes its own summary and publishes the markdown.
-    path, markdown = write_card_from_disk(cat, counts={**counts, "processed": 1}, code_version="x")
-    assert path == card.path and "| processed | 1 |" in markdown
+    again = write_card_from_disk(cat, counts={**counts, "processed": 1}, code_version="x")
+    assert again.path == card.path and "| processed | 1 |" in again.markdown

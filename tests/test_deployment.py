@@ -74,7 +74,7 @@ def _run_deployment(server, name="build-tv-dataset/sample-tiny", params: dict | 
 
 
 def _manifest(root: Path) -> pd.DataFrame:
-    from emotionclip.stages.manifests import read_manifests
+    from emotionclip.core.manifest_store import read_manifests
 
     df = read_manifests(root / "manifests")
     return df.sort_values("clip_id").reset_index(drop=True)

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from emotionclip.stages.manifests import read_manifests
+from emotionclip.core.manifest_store import read_manifests
 
 pytestmark = pytest.mark.slow
 

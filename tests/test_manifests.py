@@ -13,10 +13,10 @@ import pytest
 
 from emotionclip.core.catalog import load_catalog
 from emotionclip.core.io import atomic_write_parquet, read_parquet
-from emotionclip.stages.manifests import (
-    MANIFEST_FILE, build_manifests, catalog_fingerprint, manifest_info, read_manifests, write_failures,
-    write_manifests, write_rejected,
+from emotionclip.core.manifest_store import (
+    MANIFEST_FILE, catalog_fingerprint, manifest_info, read_manifests, write_failures, write_manifests, write_rejected,
 )
+from emotionclip.stages.manifests import build_manifests
 from emotionclip.core.schemas import CLIP, EMOTIONS, FAILURES, MANIFEST, REJECTED, SchemaError
 
 
@@ -79,7 +79,7 @@ def test_rewrite_switches_atomically_and_cleans_up(tmp_path):
 def test_a_failed_write_leaves_the_previous_set(tmp_path, monkeypatch):
     out = tmp_path / "m"
     write_manifests(clips_df([clip("a", i) for i in range(4)]), out, shard_size=2)
-    import emotionclip.stages.manifests as m
+    import emotionclip.core.manifest_store as m
 
     calls = {"n": 0}
     real = m.atomic_write_parquet

@@ -25,7 +25,7 @@ def corpus(tmp_path_factory):
 @pytest.fixture
 def catalog(tmp_path, corpus):
     cat = load_catalog(profile="tiny", data_root=str(tmp_path / "data"))
-    ids = import_local_folder(cat, corpus)
+    ids = import_local_folder(cat, corpus).video_ids
     assert ids == list_video_ids(cat) == ["sample_00", "sample_01"]
     return cat
 

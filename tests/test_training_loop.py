@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from emotionclip.stages.manifests import read_manifests
+from emotionclip.core.manifest_store import read_manifests
 from emotionclip.models import TINY_MODEL_NAME, EmotionCLIP, get_tokenizer, load_checkpoint
 from emotionclip.training.dataset import ClipDataset
 from emotionclip.training import checkpoint as ckpt

@@ -1,6 +1,9 @@
-"""`emotionclip stage <stage> ...`: run one stage of build-tv-dataset on one video,
-without a server, reading and writing the catalog's layout. This is how users
-debug a single task; the Prefect tasks call the very same functions."""
+"""`emotionclip stage <stage> ...`: run one stage of build-tv-dataset without a
+server, reading and writing the catalog's layout. This is how users debug a
+single task; the Prefect tasks call the very same functions. The commands and
+their help come from the stage registry (`emotionclip.stages.registry.STAGES`):
+one generic command per per-video stage, and the dataset-level stages (search,
+download, manifests, card) with their own options."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from typing import Optional
 import typer
 
 from emotionclip.cli._common import CatalogOpt, DataRootOpt, ProfileOpt, SetOpt, open_catalog
+from emotionclip.stages.registry import STAGES
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -45,7 +49,7 @@ def _video_stage(name: str):
     return command
 
 
-@app.command("search")
+@app.command("search", help=STAGES["search"].help)
 def search(
     query: Optional[list[str]] = typer.Option(None, "--query", "-q", help="Search query (repeatable); default: the catalog's."),
     max_videos: Optional[int] = typer.Option(None, help="Cap on the number of candidates."),
@@ -54,7 +58,6 @@ def search(
     data_root: Optional[str] = DataRootOpt,
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
-    """Search YouTube for candidate videos and write the candidates table."""
     from emotionclip.stages.search import run_search
 
     sets = list(set_ or [])
@@ -70,7 +73,7 @@ def search(
     _emit({"candidates": len(df), "path": cat.artifact("candidates")})
 
 
-@app.command("download")
+@app.command("download", help=STAGES["download"].help)
 def download(
     video_id: Optional[str] = typer.Option(None, "--video-id", "-v", help="A YouTube id."),
     url: Optional[str] = typer.Option(None, "--url", help="Any URL yt-dlp supports."),
@@ -80,7 +83,6 @@ def download(
     data_root: Optional[str] = DataRootOpt,
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
-    """Download one video with English captions (or import a local folder)."""
     from emotionclip.stages.download import import_local_folder, run_download
     from emotionclip.core.errors import StageError
 
@@ -89,26 +91,20 @@ def download(
     cat = open_catalog(catalog, profile, data_root, set_)
     try:
         if folder is not None:
-            _emit({"imported": import_local_folder(cat, folder)})
+            imported = import_local_folder(cat, folder)
+            _emit({"imported": imported.video_ids, "failures": imported.failures})
         else:
             _emit(run_download(cat, video_id=video_id, url=url))
     except (StageError, ValueError) as e:
         _fail(e)
 
 
-_HELP = {
-    "words": "Captions -> timed words (json3, rolling automatic VTT, VTT, SRT).",
-    "frames": "Video -> 8 FPS frames, smaller edge 256, one random-access file.",
-    "sentences": "Words -> punctuated sentences (FullStop).",
-    "sentiment": "Sentences -> 7 emotion logits and probabilities.",
-    "humans": "Frames -> person boxes (YOLO, conf 0.25, IoU 0.45).",
-    "clips": "Sentences + scores + boxes -> one clip per sentence.",
-}
-for _name, _help in _HELP.items():
-    app.command(_name, help=_help)(_video_stage(_name))
+for _stage in STAGES.values():
+    if _stage.per_video:
+        app.command(_stage.name, help=_stage.help)(_video_stage(_stage.name))
 
 
-@app.command("manifests")
+@app.command("manifests", help=STAGES["manifests"].help)
 def manifests(
     video_id: Optional[list[str]] = typer.Option(None, "--video-id", "-v", help="Videos to include (default: all with clips)."),
     catalog: Optional[Path] = CatalogOpt,
@@ -116,7 +112,6 @@ def manifests(
     data_root: Optional[str] = DataRootOpt,
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
-    """Filter every video's clips and write the Parquet manifests, rejected and failures."""
     from emotionclip.stages.manifests import build_manifests
     from emotionclip.stages.registry import is_up_to_date, list_video_ids
 
@@ -125,16 +120,14 @@ def manifests(
     _emit(build_manifests(cat, ids, []))
 
 
-@app.command("card")
+@app.command("card", help=STAGES["card"].help)
 def card(
     catalog: Optional[Path] = CatalogOpt,
     profile: Optional[str] = ProfileOpt,
     data_root: Optional[str] = DataRootOpt,
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
-    """Write the dataset card (Markdown + plots) from the manifests on disk."""
     from emotionclip.stages.card import write_card_from_disk
 
     cat = open_catalog(catalog, profile, data_root, set_)
-    path = write_card_from_disk(cat)
-    _emit({"card": str(path)})
+    _emit({"card": str(write_card_from_disk(cat).path)})

@@ -25,7 +25,7 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from emotionclip.stages.filtering import REASONS
+from emotionclip.stages.filter import REASONS
 from emotionclip.core.schemas import EMOTIONS
 
 N_EXAMPLES = 8  # example clips in the grid
@@ -37,22 +37,11 @@ _PNG_META = {"Software": None}
 
 @dataclass(frozen=True)
 class DatasetCard:
-    """What `write_dataset_card` made. `str()`/`os.fspath()` give the README path;
-    it unpacks as `path, markdown`."""
+    """What `write_dataset_card` made."""
 
     path: Path | str  # README.md (a str for fsspec URLs)
     markdown: str  # README text (plots referenced relative to the card folder)
     plots: dict[str, Path | str] = field(default_factory=dict)
-
-    def __iter__(self):
-        """`path, markdown = card` (what the Prefect task publishes)."""
-        return iter((self.path, self.markdown))
-
-    def __fspath__(self) -> str:
-        return str(self.path)
-
-    def __str__(self) -> str:
-        return str(self.path)
 
 
 def get_code_version() -> str:
@@ -317,7 +306,7 @@ def write_dataset_card(
     code_version: str | None = None,
 ) -> DatasetCard:
     """Write README.md and the plots into `out_dir` (replaced as a whole).
-    Returns a DatasetCard: `.path` (README.md, also its `str()`), `.markdown`, `.plots`."""
+    Returns a DatasetCard: `.path` (README.md), `.markdown`, `.plots`."""
     from emotionclip.core.io import is_local
 
     if isinstance(failures, pd.DataFrame):
@@ -373,7 +362,7 @@ def write_card_from_disk(
     """The card from what `build_manifests` wrote (manifests, rejected, failures).
     `counts` (e.g. the flow's summary) default to those stored in `_manifest.json`."""
     from emotionclip.core.io import exists, read_parquet
-    from emotionclip.stages.manifests import manifest_info, read_manifests
+    from emotionclip.core.manifest_store import manifest_info, read_manifests
 
     out = catalog.artifact("manifests")
     kept = read_manifests(out)

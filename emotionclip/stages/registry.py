@@ -1,13 +1,15 @@
-"""The per-video stages of build-tv-dataset as one registry, with up-to-date
-checks, so that a stage runs the same way from the CLI, a notebook or a Prefect
-task, and a re-run skips what is already done.
+"""The stages of build-tv-dataset, listed once. The Prefect tasks (flows/tasks.py),
+the flow's per-video chain and the `emotionclip stage <name>` commands are all
+made from `STAGES`, so a stage's name, function and help text live here only.
 
-A stage's *key* hashes its parameters and model (`Catalog.stage_fingerprint`),
-its output location, and the keys of the stages it reads from; the root of the
-chain is the video's downloaded `info.json`. A stage is up to date when its
-outputs exist and the marker it wrote after finishing (`.stages/<stage>.json`
-in the video folder) holds the same key. So a changed parameter re-runs only the
-stages downstream of it, and a killed run (no marker) re-runs the stage.
+Per-video stages run through `run_stage`, which skips what is up to date. A
+stage's *key* hashes its parameters and model (`Catalog.stage_fingerprint`), its
+output location, and the keys of the stages it reads from; the root of the chain
+is the video's downloaded `info.json`. A stage is up to date when its outputs
+exist and the marker it wrote after finishing (`.stages/<stage>.json` in the
+video folder) holds the same key. So a changed parameter re-runs only the stages
+downstream of it, and a killed run (no marker) re-runs the stage. The markers are
+the only cache: the Prefect tasks report an up-to-date stage as Cached from them.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import hashlib
-import importlib
 import json
 import threading
 from dataclasses import dataclass
@@ -25,34 +26,52 @@ from emotionclip.core import io
 from emotionclip.core.catalog import Catalog
 from emotionclip.core.errors import StageError
 from emotionclip.core.ids import validate_video_id
+from emotionclip.stages import card, clips, download, frames, humans, manifests, search, sentences, sentiment, words
 
 
 @dataclass(frozen=True)
 class Stage:
+    """One stage. Per-video stages (`per_video`) are `run(catalog, video_id) -> summary`
+    and write `outputs` (catalog artifact names) after reading the outputs of `after`;
+    the dataset-level ones (search, download, manifests, card) have their own
+    signatures and are called by the flow's acquire and finish steps."""
+
     name: str
-    func: str  # "module:function", imported on first use (keeps the CLI light)
-    outputs: tuple[str, ...]  # catalog artifact names
-    after: tuple[str, ...] = ()  # stages whose outputs this one reads
-    uses_model: bool = False  # GPU-capable: Prefect tags these for a concurrency limit
+    run: Callable[..., Any]
+    help: str
+    per_video: bool = False
+    outputs: tuple[str, ...] = ()
+    after: tuple[str, ...] = ()
+    uses_model: bool = False  # GPU-capable: the Prefect tasks are tagged for a concurrency limit
+    network: bool = False  # talks to YouTube: Prefect retries transient errors, global rate limit
 
-    def load(self) -> Callable[[Catalog, str], dict]:
-        module, _, attr = self.func.partition(":")
-        return getattr(importlib.import_module(module), attr)
 
-
-# Order is the DAG's topological order.
-VIDEO_STAGES: dict[str, Stage] = {
-    s.name: s
-    for s in [
-        Stage("words", "emotionclip.stages.words:run_words", ("words",)),
-        Stage("frames", "emotionclip.stages.frames:run_frames", ("frames",)),
-        Stage("sentences", "emotionclip.stages.sentences:run_sentences", ("sentences",), ("words",), True),
-        Stage("sentiment", "emotionclip.stages.sentiment:run_sentiment", ("sentiment",), ("sentences",), True),
-        # Detection decodes the same 8 FPS frames the store holds, so it follows the frame parameters.
-        Stage("humans", "emotionclip.stages.humans:run_humans", ("detections",), ("frames",), True),
-        Stage("clips", "emotionclip.stages.clips:run_clips", ("clips",), ("sentences", "sentiment", "humans", "frames")),
-    ]
-}
+# The DAG's topological order.
+STAGES: dict[str, Stage] = {s.name: s for s in [
+    Stage("search", search.run_search,
+          "Search YouTube for TV series with English captions, >= 40 min; write the candidates table.",
+          network=True),
+    Stage("download", download.run_download,
+          "Download one video with English captions (manual first, automatic as fallback), or import a folder.",
+          network=True),
+    Stage("words", words.run_words, "Captions -> timed words (json3, rolling automatic VTT, VTT, SRT).",
+          per_video=True, outputs=("words",)),
+    Stage("frames", frames.run_frames, "Video -> 8 FPS frames, smaller edge 256, one random-access file.",
+          per_video=True, outputs=("frames",)),
+    Stage("sentences", sentences.run_sentences, "Words -> punctuated sentences (FullStop).",
+          per_video=True, outputs=("sentences",), after=("words",), uses_model=True),
+    Stage("sentiment", sentiment.run_sentiment, "Sentences -> 7 emotion logits and probabilities (DistilRoBERTa).",
+          per_video=True, outputs=("sentiment",), after=("sentences",), uses_model=True),
+    # Detection decodes the same 8 FPS frames the store holds, so it follows the frame parameters.
+    Stage("humans", humans.run_humans, "Frames -> person boxes (YOLO, imgsz 640, conf 0.25, IoU 0.45).",
+          per_video=True, outputs=("detections",), after=("frames",), uses_model=True),
+    Stage("clips", clips.run_clips, "Sentences + scores + boxes -> one clip per sentence.",
+          per_video=True, outputs=("clips",), after=("sentences", "sentiment", "humans", "frames")),
+    Stage("manifests", manifests.build_manifests,
+          "Filter every video's clips (stages.filter) and write the Parquet manifests, rejected and failures."),
+    Stage("card", card.write_card_from_disk, "Write the dataset card (Markdown + plots) from the manifests on disk."),
+]}
+VIDEO_STAGES: dict[str, Stage] = {name: s for name, s in STAGES.items() if s.per_video}
 
 
 def _sha(payload: Any) -> str:
@@ -147,7 +166,7 @@ def run_stage(catalog: Catalog, stage: str, video_id: str, *, force: bool = Fals
             raise StageError(stage, video_id, f"inputs not ready: run {', '.join(missing)} first")
         key = stage_key(catalog, stage, video_id)
         try:
-            summary = VIDEO_STAGES[stage].load()(catalog, video_id) or {}
+            summary = VIDEO_STAGES[stage].run(catalog, video_id) or {}
         except StageError:
             raise
         except Exception as e:  # anything else still names the video and the stage

@@ -518,15 +518,14 @@ def candidates_table(candidates: list[Candidate]) -> pa.Table:
     return pa.Table.from_pylist([asdict(c) for c in candidates], schema=CANDIDATES)
 
 
-def default_prober(catalog: Catalog) -> Prober:
-    """yt-dlp metadata check under the process-wide YouTube request budget."""
-    from emotionclip.ratelimit import limiter
-
+def default_prober(catalog: Catalog, throttle: Callable[[], None] | None = None) -> Prober:
+    """yt-dlp metadata check, spaced by yt-dlp's own request sleep; `throttle` is called
+    before each probe (the Prefect task passes the global YouTube rate limit there)."""
     dl = catalog.stages.download
-    budget = limiter("youtube", dl.rate_limit_per_minute)
 
     def probe(c: Candidate) -> dict[str, Any]:
-        budget.acquire()
+        if throttle is not None:
+            throttle()
         return probe_candidate(c, langs=dl.caption_langs, formats=dl.caption_formats,
                                extra_opts={"sleep_interval_requests": dl.sleep_requests_s})
 
@@ -538,16 +537,18 @@ def run_search(
     *,
     backend: SearchBackend | None = None,
     prober: Prober | None = None,
+    throttle: Callable[[], None] | None = None,
 ) -> pd.DataFrame:
     """Search with the catalog's queries, backend, mode and filters; write the
     candidates Parquet atomically to `catalog.artifact("candidates")` and return
     it. Columns: id, title, channel, duration_s, url, has_english_captions
     (null: unknown), query, backend, playlist_id. Raises SearchError (a
-    StageError of stage "search") when a query cannot be run."""
+    StageError of stage "search") when a query cannot be run. `throttle` is called
+    before every request that may reach YouTube (a rate limit from the orchestrator)."""
     params = catalog.stages.search
     backend = backend or make_backend(params.backend)
     if prober is None:  # only called for candidates whose captions/duration are unknown
-        prober = default_prober(catalog)
+        prober = default_prober(catalog, throttle)
     accepted, stats = search_candidates(params, backend, prober)
     table = candidates_table(accepted)
     atomic_write_parquet(catalog.artifact("candidates"), table, metadata={

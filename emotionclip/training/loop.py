@@ -80,7 +80,7 @@ def build_model(config: TrainConfig, catalog: Any, device: torch.device):
 
 
 def build_dataset(config: TrainConfig, catalog: Any, model: Any, train: bool = True) -> ClipDataset:
-    from emotionclip.stages.manifests import read_manifests
+    from emotionclip.core.manifest_store import read_manifests
     from emotionclip.models import get_tokenizer
 
     manifest = read_manifests(config.manifests)

@@ -182,7 +182,7 @@ def clip_inputs(
     if isinstance(manifests, pd.DataFrame):
         df = manifests
     else:
-        from emotionclip.stages.manifests import read_manifests
+        from emotionclip.core.manifest_store import read_manifests
 
         df = read_manifests(manifests)
     rows = df[df["clip_id"].astype(str) == str(clip_id)]

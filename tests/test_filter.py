@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from emotionclip.core.catalog import FilterParams
-from emotionclip.stages.filtering import REASONS, filter_clips, rejection_reasons
+from emotionclip.stages.filter import REASONS, filter_clips, rejection_reasons
 from emotionclip.core.schemas import CLIP, EMOTIONS
 
 

@@ -1,0 +1,114 @@
+"""The Prefect tasks of build-tv-dataset, made from the stage registry
+(`emotionclip.stages.registry.STAGES`): the stage logic lives in the library, here
+only orchestration (names, tags, retries, rate limits, artifacts).
+
+Per-video tasks call `run_stage`, whose stage markers are the one cache: an
+up-to-date stage returns a `Cached` state built from its marker (shown as Cached
+in the UI, no model loaded), anything else runs. Network stages (search,
+download) retry only what `is_transient_error` calls transient, under the
+global YouTube rate limit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from prefect import Task, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.concurrency.sync import rate_limit
+from prefect.states import Completed, State
+from prefect.tasks import exponential_backoff
+
+from emotionclip.core.catalog import Catalog
+from emotionclip.stages.download import LocalImport, is_transient_error
+from emotionclip.stages.registry import STAGES, VIDEO_STAGES, run_stage
+
+GPU_TAG = "gpu"  # `prefect concurrency-limit create gpu N` caps the model stages
+# Global concurrency limit with slot decay, shared by every run and worker: YouTube
+# throttles by IP. Created by `deployments/local.py setup`.
+YOUTUBE_RATE_LIMIT = "youtube-requests"
+NETWORK_RETRIES = 3
+
+
+def retry_if_transient(task: Task, task_run: Any, state: State) -> bool:
+    """Prefect's retry condition for the network stages: the stage's own classifier."""
+    try:
+        state.result()
+    except BaseException as e:  # the failed state's exception
+        return is_transient_error(e)
+    return False
+
+
+def _network_task(name: str, **kwargs: Any):
+    return task(name=name, description=STAGES[name].help, tags=["network", "youtube"], retries=NETWORK_RETRIES,
+                retry_delay_seconds=exponential_backoff(backoff_factor=10), retry_jitter_factor=0.5,
+                retry_condition_fn=retry_if_transient, **kwargs)
+
+
+def video_stage_task(name: str) -> Task:
+    """The Prefect task of a per-video stage: `run_stage(catalog, name, video_id)`;
+    an up-to-date stage ends Cached (from its marker), without running."""
+    spec = VIDEO_STAGES[name]
+
+    def run(catalog: Catalog, video_id: str) -> Any:
+        summary = run_stage(catalog, name, video_id)
+        if summary.get("skipped"):
+            return Completed(name="Cached", data=summary, message=f"{name} is up to date (stage marker)")
+        return summary
+
+    run.__name__ = name
+    run.__qualname__ = name
+    run.__doc__ = spec.help
+    return task(run, name=name, description=spec.help, task_run_name=f"{name}-{{video_id}}",
+                tags=[GPU_TAG] if spec.uses_model else [],
+                retries=0)  # local computation: a retry would fail the same way
+
+
+# In DAG order; each takes (catalog, video_id).
+PER_VIDEO_TASKS: list[Task] = [video_stage_task(name) for name in VIDEO_STAGES]
+
+
+def _youtube_slot() -> None:
+    """Take one slot of the global YouTube budget (all runs and workers share it)."""
+    rate_limit(YOUTUBE_RATE_LIMIT, strict=False)
+
+
+@_network_task("search")
+def search(catalog: Catalog) -> list[dict]:
+    _youtube_slot()  # the search requests themselves; each metadata probe takes its own slot
+    return STAGES["search"].run(catalog, throttle=_youtube_slot).to_dict("records")
+
+
+@_network_task("download", task_run_name="download-{video_id}{url}")
+def download(catalog: Catalog, video_id: str = "", url: str = "") -> dict:
+    if video_id:
+        _youtube_slot()
+    return STAGES["download"].run(catalog, video_id=video_id or None, url=url or None)
+
+
+@task(name="import-local-folder")
+def import_local_folder(catalog: Catalog, folder: str) -> LocalImport:
+    """Import a local folder of videos with caption files (the `folder`/`sample` sources)."""
+    from emotionclip.stages.download import import_local_folder as _import
+
+    return _import(catalog, folder)
+
+
+@task(name="manifests", description=STAGES["manifests"].help)
+def manifests(catalog: Catalog, video_ids: list[str], failures: list[dict]) -> dict:
+    now = dt.datetime.now(dt.timezone.utc).isoformat()
+    return STAGES["manifests"].run(catalog, video_ids, [{"time": now, **f} for f in failures])
+
+
+@task(name="dataset-card", description=STAGES["card"].help)
+def dataset_card(catalog: Catalog, summary: dict) -> str:
+    """Write the dataset card and publish it as a markdown artifact; returns its path."""
+    card = STAGES["card"].run(catalog, counts=summary)
+    create_markdown_artifact(markdown=card.markdown, key="dataset-card", description="build-tv-dataset dataset card")
+    return str(card.path)
+
+
+# Every stage's task, by stage name (tests check it covers the registry).
+TASKS: dict[str, Task] = {**{t.name: t for t in PER_VIDEO_TASKS}, "search": search, "download": download,
+                          "manifests": manifests, "card": dataset_card}

@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from emotionclip.stages.frames import FrameStore  # noqa: E402
 from emotionclip.models import TINY_MODEL_NAME, get_tokenizer  # noqa: E402
-from emotionclip.training.dataset import ClipDataset, collate_clips, decode_frame, sample_frame_indices  # noqa: E402
+from emotionclip.models.transforms import decode_frame  # noqa: E402
+from emotionclip.training.dataset import ClipDataset, collate_clips, sample_frame_indices  # noqa: E402
 from emotionclip.training.sampler import ResumableSampler  # noqa: E402
 from training_data import make_corpus  # noqa: E402
 

@@ -17,11 +17,9 @@ and too slow for a 2-core CPU). Goal: >= 3x against chunk-by-chunk.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,6 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+import _text_models  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 from emotionclip.core import schemas  # noqa: E402
 from emotionclip.zoo import tiny  # noqa: E402
@@ -69,17 +69,6 @@ def reference_predict(words: list[str], pipe, chunk_size: int = 230, overlap: in
     return labels
 
 
-def distilroberta_sized(tok):
-    from transformers import RobertaConfig, RobertaForTokenClassification
-
-    torch.manual_seed(0)
-    cfg = RobertaConfig(vocab_size=len(tok), hidden_size=768, num_hidden_layers=6, num_attention_heads=12,
-                        intermediate_size=3072, max_position_embeddings=514, pad_token_id=tok.pad_token_id,
-                        id2label=dict(enumerate(schemas.PUNCTUATION_LABELS)),
-                        label2id={e: i for i, e in enumerate(schemas.PUNCTUATION_LABELS)})
-    return RobertaForTokenClassification(cfg).eval()
-
-
 def bench(name: str, tok, model, words: list[str], batch_size: int, rounds: int) -> None:
     from transformers import pipeline
 
@@ -110,26 +99,16 @@ def bench(name: str, tok, model, words: list[str], batch_size: int, rounds: int)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", nargs="+", default=["tiny", "distilroberta"], choices=["tiny", "distilroberta"])
-    ap.add_argument("--words", type=int, default=10000, help="words (tiny); a fifth for distilroberta")
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--models-dir", default=None, help="where the tiny models are (built if missing)")
-    # 1 by default: on a shared, loaded machine 2+ OpenMP threads make every small op
-    # wait at barriers, which distorts per-call costs.
-    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    tmp = tempfile.TemporaryDirectory(prefix="bench-models-")  # removed at exit
-    models_dir = Path(args.models_dir or tmp.name)
-    tok, tiny_model = load_punctuation_model(str(models_dir / "tiny" / "punctuation"))
+    args = _text_models.parse_args(__doc__, "--words", 10000, "words (tiny); a fifth for distilroberta", 8)
+    tok, tiny_model = load_punctuation_model(str(_text_models.models_dir(args) / "tiny" / "punctuation"))
     for size in args.sizes:
         if size == "tiny":
             bench("tiny", tok, tiny_model, make_words(args.words), args.batch_size, args.rounds)
         else:
-            bench("distilroberta-size", tok, distilroberta_sized(tok), make_words(max(args.words // 5, 1)),
-                  args.batch_size, args.rounds)
+            from transformers import RobertaForTokenClassification
+
+            big = _text_models.distilroberta_sized(tok, RobertaForTokenClassification, schemas.PUNCTUATION_LABELS)
+            bench("distilroberta-size", tok, big, make_words(max(args.words // 5, 1)), args.batch_size, args.rounds)
 
 
 if __name__ == "__main__":

@@ -11,11 +11,9 @@ weights with DistilRoBERTa's shape: 6 layers, hidden 768, 12 heads). Goal: >= 5x
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,6 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+import _text_models  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 from emotionclip.core import schemas  # noqa: E402
 from emotionclip.zoo import tiny  # noqa: E402
@@ -37,17 +37,6 @@ def make_sentences(n: int, seed: int = 0) -> list[str]:
     vocab = " ".join(tiny._CORPUS).split()
     rng = np.random.default_rng(seed)
     return [" ".join(rng.choice(vocab, size=int(rng.integers(2, 31)))) for _ in range(n)]
-
-
-def distilroberta_sized(tok):
-    from transformers import RobertaConfig, RobertaForSequenceClassification
-
-    torch.manual_seed(0)
-    cfg = RobertaConfig(vocab_size=len(tok), hidden_size=768, num_hidden_layers=6, num_attention_heads=12,
-                        intermediate_size=3072, max_position_embeddings=514, pad_token_id=tok.pad_token_id,
-                        id2label=dict(enumerate(schemas.EMOTIONS)),
-                        label2id={e: i for i, e in enumerate(schemas.EMOTIONS)})
-    return RobertaForSequenceClassification(cfg).eval()
 
 
 def bench(name: str, tok, model, texts: list[str], batch_size: int, rounds: int) -> dict:
@@ -82,26 +71,16 @@ def bench(name: str, tok, model, texts: list[str], batch_size: int, rounds: int)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", nargs="+", default=["tiny", "distilroberta"], choices=["tiny", "distilroberta"])
-    ap.add_argument("--n", type=int, default=1000, help="sentences (tiny); a quarter of it for distilroberta")
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--models-dir", default=None, help="where the tiny models are (built if missing)")
-    # 1 by default: on a shared, loaded machine 2+ OpenMP threads make every small op
-    # wait at barriers, which inflates per-call overhead (the baseline's) and the ratio.
-    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    tmp = tempfile.TemporaryDirectory(prefix="bench-models-")  # removed at exit
-    models_dir = Path(args.models_dir or tmp.name)
-    tok, tiny_model = load_emotion_model(str(models_dir / "tiny" / "emotion"))
+    args = _text_models.parse_args(__doc__, "--n", 1000, "sentences (tiny); a quarter of it for distilroberta", 64)
+    tok, tiny_model = load_emotion_model(str(_text_models.models_dir(args) / "tiny" / "emotion"))
     for size in args.sizes:
         if size == "tiny":
             bench("tiny", tok, tiny_model, make_sentences(args.n), args.batch_size, args.rounds)
         else:
-            bench("distilroberta-size", tok, distilroberta_sized(tok), make_sentences(max(args.n // 4, 1)),
-                  args.batch_size, args.rounds)
+            from transformers import RobertaForSequenceClassification
+
+            big = _text_models.distilroberta_sized(tok, RobertaForSequenceClassification, schemas.EMOTIONS)
+            bench("distilroberta-size", tok, big, make_sentences(max(args.n // 4, 1)), args.batch_size, args.rounds)
 
 
 if __name__ == "__main__":

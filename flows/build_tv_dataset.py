@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.futures import as_completed
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
@@ -46,13 +47,14 @@ def make_task_runner(kind: RunnerKind = "threads", max_workers: Optional[int] = 
     raise ValueError(f"unknown task runner {kind!r}: threads, processes or dask")
 
 
-@task(name="process-video", task_run_name="process-video-{video_id}")
+@task(name="process-video", task_run_name="process-video-{video_id}", cache_policy=NO_CACHE)
 def process_video(catalog: Catalog, video_id: str) -> dict[str, Any]:
     """Every per-video stage in order; stops at the first failure and reports it."""
     done: dict[str, Any] = {}
     for stage_task in PER_VIDEO_TASKS:
         try:
-            done[stage_task.name] = stage_task(catalog, video_id)
+            # the state, not the return value: an up-to-date stage ends as a Cached state
+            done[stage_task.name] = stage_task(catalog, video_id, return_state=True).result()
         except Exception as e:  # StageError names stage and video; keep the others going
             stage = e.stage if isinstance(e, StageError) else stage_task.name
             return {"video_id": video_id, "ok": False, "stage": stage, "error": str(e), "stages": done}

@@ -11,6 +11,7 @@ own result caching is off: the feature cache already makes re-runs free.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -23,30 +24,40 @@ from emotionclip.evaluation.datasets import get_spec
 from emotionclip.evaluation.features import FeatureConfig
 from emotionclip.evaluation.probes import ProbeConfig
 from emotionclip.evaluation.run import (
-    SplitFeatures, detector_for, load_model, needed_splits, probe_dataset, results_rows, split_features,
+    ModelHandle, SplitFeatures, detector_for, load_model, needed_splits, probe_dataset, results_rows, split_features,
 )
 
 
-def _model_args(checkpoint: Optional[str], official_checkpoint: Optional[str], profile: Optional[str],
-                device: str) -> tuple:
-    return (checkpoint, official_checkpoint, profile, device)
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model the tasks evaluate (exactly one of checkpoint / official_checkpoint /
+    profile) and where it runs; each task process loads it once (`load`)."""
+
+    checkpoint: Optional[str] = None
+    official_checkpoint: Optional[str] = None
+    profile: Optional[str] = None
+    device: str = "cpu"
+
+    def load(self) -> ModelHandle:
+        return load_model(checkpoint=self.checkpoint, official_checkpoint=self.official_checkpoint,
+                          profile=self.profile, device=self.device)
 
 
 @task(name="eval-features", task_run_name="features-{dataset}-{split}", cache_policy=NO_CACHE)
-def features_task(model_args: tuple, dataset: str, root: str, split: str, cache_dir: str,
+def features_task(model: ModelSpec, dataset: str, root: str, split: str, cache_dir: str,
                   feature_config: FeatureConfig, batch_size: int = 16, limit: Optional[int] = None) -> SplitFeatures:
-    handle = load_model(*model_args)
+    handle = model.load()
     data = split_features(handle, dataset, root, split, cache_dir, feature_config, batch_size=batch_size,
-                          device=model_args[3], limit=limit)
+                          device=model.device, limit=limit)
     get_run_logger().info("%s/%s: %d computed, %d cached, %d skipped", dataset, split, data.stats.computed,
                           data.stats.cached, len(data.stats.skipped))
     return data
 
 
 @task(name="eval-probe", task_run_name="probe-{dataset}", cache_policy=NO_CACHE)
-def probe_task(model_args: tuple, dataset: str, data: dict[str, SplitFeatures],
+def probe_task(model: ModelSpec, dataset: str, data: dict[str, SplitFeatures],
                probe_config: ProbeConfig) -> list[dict[str, Any]]:
-    handle = load_model(*model_args)
+    handle = model.load()
     result, extra = probe_dataset(dataset, data, probe_config)
     return results_rows(dataset, handle, data, result, extra, probe_config)
 
@@ -84,8 +95,8 @@ def linear_probe(
 ) -> dict[str, Any]:
     """`datasets` maps a benchmark name (bold, meld, emotic, moviegraphs, liris) to its
     folder. Exactly one of checkpoint / official_checkpoint / profile picks the model."""
-    model_args = _model_args(checkpoint, official_checkpoint, profile, device)
-    load_model(*model_args)  # fail early on a bad checkpoint
+    model = ModelSpec(checkpoint=checkpoint, official_checkpoint=official_checkpoint, profile=profile, device=device)
+    model.load()  # fail early on a bad checkpoint
     fcfg = FeatureConfig(detector=detector_for(profile) if detect else None, det_imgsz=det_imgsz)
     pcfg = ProbeConfig(c_mode=c_mode, c=c, seed=seed, smoothing=smoothing,  # type: ignore[arg-type]
                        savgol_window=savgol_window, savgol_order=savgol_order)
@@ -94,11 +105,11 @@ def linear_probe(
     skipped: dict[str, int] = {}
     for name, root in datasets.items():
         spec = get_spec(name)
-        futures = {s: features_task.submit(model_args, spec.name, str(root), s, cache, fcfg, batch_size, limit)
+        futures = {s: features_task.submit(model, spec.name, str(root), s, cache, fcfg, batch_size, limit)
                    for s in needed_splits(spec)}
         data = {s: f.result() for s, f in futures.items()}
         skipped[spec.name] = sum(len(d.stats.skipped) for d in data.values())
-        rows += probe_task(model_args, spec.name, data, pcfg)
+        rows += probe_task(model, spec.name, data, pcfg)
     paths = results_task(rows, out_dir)
     return {"paths": paths, "rows": len(rows), "skipped": skipped}
 

@@ -64,16 +64,17 @@ def train_model(config: TrainConfig, devices: int) -> dict[str, Any]:
     from emotionclip.training.launch import run_training
 
     try:
-        result = run_training(config, nproc=devices)
+        outcome = run_training(config, nproc=devices)
     except Exception as e:
         raise RuntimeError(f"training crashed: {e!r}; resumable checkpoint: "
                            f"{latest_checkpoint(config.out_dir)}") from e
-    if isinstance(result, int):
-        if result != 0:
-            raise RuntimeError(f"torchrun exited with code {result}; resumable checkpoint: "
-                               f"{latest_checkpoint(config.out_dir)}")
+    if not outcome.ok:
+        raise RuntimeError(f"torchrun exited with code {outcome.returncode}; resumable checkpoint: "
+                           f"{latest_checkpoint(config.out_dir)}")
+    if outcome.result is None:  # under torchrun: what the ranks did is in out_dir
         return {"step": None, "checkpoint": latest_checkpoint(config.out_dir)}
-    return {"step": result.step, "epoch": result.epoch, "loss": result.last_loss, "checkpoint": result.checkpoint}
+    r = outcome.result
+    return {"step": r.step, "epoch": r.epoch, "loss": r.last_loss, "checkpoint": r.checkpoint}
 
 
 def _report(config: TrainConfig, summary: dict[str, Any]) -> None:

@@ -15,6 +15,7 @@ import datetime as dt
 from typing import Any
 
 from prefect import Task, task
+from prefect.cache_policies import NO_CACHE
 from prefect.artifacts import create_markdown_artifact
 from prefect.concurrency.sync import rate_limit
 from prefect.states import Completed, State
@@ -41,7 +42,8 @@ def retry_if_transient(task: Task, task_run: Any, state: State) -> bool:
 
 
 def _network_task(name: str, **kwargs: Any):
-    return task(name=name, description=STAGES[name].help, tags=["network", "youtube"], retries=NETWORK_RETRIES,
+    return task(name=name, description=STAGES[name].help, tags=["network", "youtube"], cache_policy=NO_CACHE,
+                retries=NETWORK_RETRIES,
                 retry_delay_seconds=exponential_backoff(backoff_factor=10), retry_jitter_factor=0.5,
                 retry_condition_fn=retry_if_transient, **kwargs)
 
@@ -61,7 +63,7 @@ def video_stage_task(name: str) -> Task:
     run.__qualname__ = name
     run.__doc__ = spec.help
     return task(run, name=name, description=spec.help, task_run_name=f"{name}-{{video_id}}",
-                tags=[GPU_TAG] if spec.uses_model else [],
+                tags=[GPU_TAG] if spec.uses_model else [], cache_policy=NO_CACHE,  # the markers are the cache
                 retries=0)  # local computation: a retry would fail the same way
 
 
@@ -87,7 +89,7 @@ def download(catalog: Catalog, video_id: str = "", url: str = "") -> dict:
     return STAGES["download"].run(catalog, video_id=video_id or None, url=url or None)
 
 
-@task(name="import-local-folder")
+@task(name="import-local-folder", cache_policy=NO_CACHE)
 def import_local_folder(catalog: Catalog, folder: str) -> LocalImport:
     """Import a local folder of videos with caption files (the `folder`/`sample` sources)."""
     from emotionclip.stages.download import import_local_folder as _import
@@ -95,13 +97,13 @@ def import_local_folder(catalog: Catalog, folder: str) -> LocalImport:
     return _import(catalog, folder)
 
 
-@task(name="manifests", description=STAGES["manifests"].help)
+@task(name="manifests", description=STAGES["manifests"].help, cache_policy=NO_CACHE)
 def manifests(catalog: Catalog, video_ids: list[str], failures: list[dict]) -> dict:
     now = dt.datetime.now(dt.timezone.utc).isoformat()
     return STAGES["manifests"].run(catalog, video_ids, [{"time": now, **f} for f in failures])
 
 
-@task(name="dataset-card", description=STAGES["card"].help)
+@task(name="dataset-card", description=STAGES["card"].help, cache_policy=NO_CACHE)
 def dataset_card(catalog: Catalog, summary: dict) -> str:
     """Write the dataset card and publish it as a markdown artifact; returns its path."""
     card = STAGES["card"].run(catalog, counts=summary)

@@ -1,23 +1,33 @@
 """Download stage with REAL yt-dlp against loopback HTTP servers (127.0.0.1):
 a page whose <video> has an mp4 <source> and an English captions <track>,
-throttling/server errors that clear up (retries), 429 forever, 404, a page
-without English captions, bad ids; the archive on re-runs; local folders."""
+throttling/server errors that clear up (yt-dlp's own retries within a call, or
+a later call when `is_transient_error` says so), 429 forever, 404, refused
+connections, a page without English captions, bad ids; the archive on re-runs;
+local folders."""
 
 from __future__ import annotations
 
 import json
+import pickle
+import socket
 from pathlib import Path
 
+import httpx
 import pytest
+from yt_dlp.networking.exceptions import CertificateVerifyError, TransportError
 
 from emotionclip.core.catalog import load_catalog
+from emotionclip.core.ffmpeg import run_ffmpeg
 from emotionclip.stages.download import (
     CaptionChoice,
+    DownloadError,
     DownloadParams,
+    LocalImport,
     _YdlLogger,
     choose_captions,
     import_local_folder,
     import_local_video,
+    is_transient_error,
     run_download,
     scan_local_folder,
     select_format,
@@ -52,10 +62,9 @@ def _routes(mp4: bytes, *, page_fail=(), mp4_fail=(), lang="en") -> dict[str, Ro
 
 @pytest.fixture
 def catalog(tmp_path):
-    # Tiny sleeps and backoff so retries take milliseconds; a generous request budget.
+    # Tiny sleeps and backoff so yt-dlp's retries take milliseconds.
     return load_catalog(data_root=str(tmp_path / "data"), overrides={"stages.download": {
-        "retries": 2, "sleep_requests_s": 0, "sleep_interval_s": 0.001, "max_sleep_interval_s": 0.01,
-        "rate_limit_per_minute": 1e6}})
+        "retries": 2, "sleep_requests_s": 0, "sleep_interval_s": 0.001, "max_sleep_interval_s": 0.01}})
 
 
 def _videos_dir(catalog) -> Path:
@@ -175,31 +184,162 @@ def test_archived_youtube_id_is_skipped_by_yt_dlp_without_a_request(catalog):
     assert _leftovers(catalog) == []
 
 
-def test_transient_errors_are_retried(catalog, mp4):
-    with LoopbackServer(_routes(mp4, page_fail=[429, 500], mp4_fail=[500])) as srv:
+def _retried_like_the_task(call, tries: int):
+    """What the Prefect task does: call again while `is_transient_error` says so.
+    Returns (result, the errors retried)."""
+    errors: list[BaseException] = []
+    for _ in range(tries):
+        try:
+            return call(), errors
+        except Exception as e:
+            if not is_transient_error(e):
+                raise
+            errors.append(e)
+    raise errors[-1]
+
+
+def test_media_server_errors_are_retried_by_yt_dlp_within_one_call(catalog, mp4):
+    with LoopbackServer(_routes(mp4, mp4_fail=[500, 503])) as srv:
         summary = run_download(catalog, url=srv.url("/show/ep1.html"))
-        assert srv.statuses("/show/ep1.html") == [429, 500, 200]  # our attempts, with backoff
-        assert srv.statuses("/media/ep1.mp4") == [500, 200]  # yt-dlp's own http retries
-    assert summary["status"] == "downloaded" and summary["attempts"] == 3
+        assert srv.statuses("/media/ep1.mp4") == [500, 503, 200]  # yt-dlp's own http retries (retries=2)
+        assert srv.statuses("/show/ep1.html") == [200]
+    assert summary["status"] == "downloaded" and "attempts" not in summary
     assert (Path(catalog.artifact("raw_dir", summary["video_id"])) / summary["video_file"]).read_bytes() == mp4
 
 
-def test_429_forever_gives_up_cleanly(catalog, mp4):
+def test_transient_page_errors_are_left_to_the_caller_and_classified(catalog, mp4):
+    """yt-dlp does not retry a generic page: each throttled/failed fetch is one
+    DownloadError marked transient, and the next call (the Prefect retry) goes on."""
+    with LoopbackServer(_routes(mp4, page_fail=[429, 500], mp4_fail=[500])) as srv:
+        summary, errors = _retried_like_the_task(lambda: run_download(catalog, url=srv.url("/show/ep1.html")), 4)
+        assert srv.statuses("/show/ep1.html") == [429, 500, 200]  # one request per call: no loop of ours
+        assert srv.statuses("/media/ep1.mp4") == [500, 200]  # yt-dlp's own http retries
+    assert [(type(e), e.http_status, e.transient) for e in errors] == [(DownloadError, 429, True),
+                                                                      (DownloadError, 500, True)]
+    assert summary["status"] == "downloaded"
+    assert (Path(catalog.artifact("raw_dir", summary["video_id"])) / summary["video_file"]).read_bytes() == mp4
+
+
+def test_429_is_transient_and_leaves_nothing_behind(catalog, mp4):
     with LoopbackServer(_routes(mp4, page_fail=[429] * 20)) as srv:
-        with pytest.raises(StageError, match=r"\[download\].*gave up after 3 attempts.*429") as e:
+        with pytest.raises(DownloadError, match=r"\[download\].*429") as e:
             run_download(catalog, url=srv.url("/show/ep1.html"))
-        assert srv.count("/show/ep1.html") == 3  # retries = 2
+        assert srv.count("/show/ep1.html") == 1  # no hand-written retry loop
         assert srv.count("/media/ep1.mp4") == 0
-    assert e.value.stage == "download"
+    assert isinstance(e.value, StageError) and e.value.stage == "download"
+    assert (e.value.http_status, e.value.transient) == (429, True) and is_transient_error(e.value)
     assert _leftovers(catalog) == [] and not Path(catalog.artifact("download_archive")).exists()
 
 
-def test_404_page_fails_at_once(catalog, mp4):
+def test_429_on_the_media_is_transient(catalog, mp4):
+    # yt-dlp's http downloader retries only 5xx; a throttled media request is the caller's to retry.
+    with LoopbackServer(_routes(mp4, mp4_fail=[429])) as srv:
+        with pytest.raises(DownloadError) as e:
+            run_download(catalog, url=srv.url("/show/ep1.html"))
+        assert srv.statuses("/media/ep1.mp4") == [429]
+        assert run_download(catalog, url=srv.url("/show/ep1.html"))["status"] == "downloaded"
+    assert is_transient_error(e.value) and e.value.http_status == 429
+
+
+@pytest.mark.parametrize("status,requests,transient", [(429, 1, True), (404, 1, False), (503, 3, False)])
+def test_caption_track_errors_are_classified(catalog, mp4, status, requests, transient):
+    """yt-dlp wraps a failed subtitle download in its own DownloadError; the status
+    is found behind it. A 5xx that yt-dlp retried itself (retries=2: 3 requests)
+    until it gave up is not transient: another try would multiply the attempts."""
+    routes = _routes(mp4)
+    routes["/media/ep1.en.vtt"].fail = [status] * 5
+    with LoopbackServer(routes) as srv:
+        with pytest.raises(DownloadError, match="subtitles") as e:
+            run_download(catalog, url=srv.url("/show/ep1.html"))
+        assert srv.count("/media/ep1.en.vtt") == requests
+    assert is_transient_error(e.value) is transient
+    if status != 503:  # yt-dlp reports its give-up as text only
+        assert e.value.http_status == status
+    assert _leftovers(catalog) == []
+
+
+def test_media_5xx_after_yt_dlp_gave_up_is_not_retried_again(catalog, mp4):
+    with LoopbackServer(_routes(mp4, mp4_fail=[500] * 10)) as srv:
+        with pytest.raises(DownloadError, match="Giving up after 2 retries") as e:
+            run_download(catalog, url=srv.url("/show/ep1.html"))
+        assert srv.statuses("/media/ep1.mp4") == [500, 500, 500]  # yt-dlp's retries=2, no more
+    assert not is_transient_error(e.value)
+    assert _leftovers(catalog) == []
+
+
+def test_404_page_fails_at_once_and_is_not_transient(catalog, mp4):
     with LoopbackServer(_routes(mp4)) as srv:
-        with pytest.raises(StageError, match=r"\[download\].*404"):
+        with pytest.raises(DownloadError, match=r"\[download\].*404") as e:
             run_download(catalog, url=srv.url("/show/missing.html"))
         assert srv.count("/show/missing.html") == 1  # a 404 is not retried
+    assert (e.value.http_status, e.value.transient) == (404, False) and not is_transient_error(e.value)
     assert _leftovers(catalog) == []
+
+
+def test_refused_connection_is_transient(catalog):
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(DownloadError) as e:
+        run_download(catalog, url=f"http://127.0.0.1:{port}/show/ep1.html")
+    assert e.value.http_status is None and is_transient_error(e.value)
+    assert _leftovers(catalog) == []
+
+
+def test_is_transient_error_on_raw_exceptions():
+    """The classifier also reads exceptions that did not go through run_download
+    (what the task may see): yt-dlp's network errors and Python's own."""
+    assert is_transient_error(TransportError(cause=TimeoutError("timed out")))
+    assert is_transient_error(ConnectionResetError(104, "Connection reset by peer"))
+    assert is_transient_error(TimeoutError())
+    try:
+        try:
+            raise ConnectionResetError("reset")
+        except ConnectionResetError as inner:
+            raise RuntimeError("wrapped") from inner
+    except RuntimeError as outer:
+        assert is_transient_error(outer)  # found behind __cause__
+    assert not is_transient_error(CertificateVerifyError(cause=OSError("bad certificate")))
+    assert not is_transient_error(ValueError("HTTP Error 429 in the text is not a status"))
+    assert not is_transient_error(StageError("download", "x", "no English captions"))
+    try:
+        try:
+            int("x")
+        except ValueError:
+            raise StageError("download", "x", "invalid video id") from None
+    except StageError as hidden:
+        assert not is_transient_error(hidden)
+    assert is_transient_error(DownloadError("x", "boom", transient=True, http_status=503))
+    assert not is_transient_error(DownloadError("x", "gone", transient=False, http_status=404))
+
+
+def test_is_transient_error_reads_httpx_errors_behind_a_stage_error():
+    """The search stage wraps httpx errors in its StageError (`raise ... from e`)."""
+    request = httpx.Request("GET", "http://127.0.0.1/results")
+
+    def wrapped(cause: BaseException) -> StageError:
+        try:
+            raise cause
+        except BaseException as e:
+            try:
+                raise StageError("search", None, f"search failed: {e}") from e
+            except StageError as outer:
+                return outer
+
+    throttled = httpx.HTTPStatusError("429", request=request, response=httpx.Response(429, request=request))
+    gone = httpx.HTTPStatusError("404", request=request, response=httpx.Response(404, request=request))
+    assert is_transient_error(wrapped(throttled))
+    assert not is_transient_error(wrapped(gone))
+    assert is_transient_error(wrapped(httpx.ConnectTimeout("timed out", request=request)))
+    assert is_transient_error(wrapped(httpx.ReadError("reset", request=request)))
+    assert not is_transient_error(wrapped(httpx.UnsupportedProtocol("ftp://", request=request)))
+
+
+def test_download_error_pickles():
+    # Task results and states may cross processes.
+    e = pickle.loads(pickle.dumps(DownloadError("abc", "HTTP Error 429", transient=True, http_status=429)))
+    assert (type(e), str(e), e.video_id, e.transient, e.http_status) == \
+        (DownloadError, "[download] video abc: HTTP Error 429", "abc", True, 429)
 
 
 def test_404_media_leaves_nothing_behind(catalog, mp4):
@@ -223,16 +363,18 @@ def test_404_media_keeps_an_earlier_good_download(catalog, mp4):
 
 def test_video_without_english_captions_is_a_stage_error(catalog, mp4):
     with LoopbackServer(_routes(mp4, lang="fr")) as srv:
-        with pytest.raises(StageError, match=r"\[download\] video ep1-1: no English captions.*offered: \['fr'\]"):
+        with pytest.raises(StageError, match=r"\[download\] video ep1-1: no English captions.*offered: \['fr'\]") as e:
             run_download(catalog, url=srv.url("/show/ep1.html"))
         assert srv.count("/media/ep1.mp4") == 0  # decided before fetching any media
+    assert not is_transient_error(e.value)  # another try gives the same answer
     assert _leftovers(catalog) == []
 
 
 @pytest.mark.parametrize("bad", ["../etc", "a/b", "..", "", "x y"])
 def test_bad_ids_are_rejected_before_any_path_or_request(catalog, bad):
-    with pytest.raises(StageError, match=r"\[download\].*invalid video id"):
+    with pytest.raises(StageError, match=r"\[download\].*invalid video id") as e:
         run_download(catalog, video_id=bad)
+    assert not is_transient_error(e.value)
     assert _leftovers(catalog) == []
 
 
@@ -255,8 +397,11 @@ def test_import_local_folder(catalog, tmp_path):
     assert set(found) == {"Show_S01E01", "clip_two", "no_captions"}
     assert found["no_captions"].caption_path is None
 
-    ids = import_local_folder(catalog, src)
-    assert ids == ["Show_S01E01", "clip_two"]  # the one without captions is skipped, the others go on
+    result = import_local_folder(catalog, src)
+    assert isinstance(result, LocalImport)
+    assert result.video_ids == ["Show_S01E01", "clip_two"]  # the one without captions is skipped, the others go on
+    assert [(f["video_id"], f["stage"]) for f in result.failures] == [("no_captions", "download")]
+    assert "no caption file" in result.failures[0]["error"]
     info = json.loads(Path(catalog.artifact("info", "Show_S01E01")).read_text())
     assert info["source"] == "local" and (info["width"], info["height"]) == (240, 320)
     assert (info["video_file"], info["caption_file"], info["caption_lang"]) == \
@@ -271,6 +416,18 @@ def test_import_local_folder(catalog, tmp_path):
         import_local_folder(catalog, src, strict=True)
     # a local video is finished: the download stage does not go to the network for it
     assert run_download(catalog, video_id="clip_two")["status"] == "skipped"
+
+
+def test_import_local_video_reports_the_displayed_size_of_a_rotated_video(catalog, tmp_path):
+    src = make_test_video(tmp_path / "land.mp4", duration_s=1.0, width=320, height=240, fps=10)
+    phone = tmp_path / "phone.mp4"
+    # Stored landscape, displayed portrait (a display matrix, as phones write it).
+    run_ffmpeg(["-y", "-display_rotation", "90", "-i", str(src), "-c", "copy", str(phone)])
+    (tmp_path / "phone.en.vtt").write_bytes(VTT)
+    vid = import_local_video(catalog, phone, tmp_path / "phone.en.vtt")
+    info = json.loads(Path(catalog.artifact("info", vid)).read_text())
+    assert (info["width"], info["height"]) == (240, 320)
+    assert info["duration"] == pytest.approx(1.0, abs=0.1)
 
 
 def test_import_local_video_rejects_unreadable_video(catalog, tmp_path):

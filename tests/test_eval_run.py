@@ -167,8 +167,10 @@ def test_emotic_features_use_the_authors_224_resize(tmp_path, tiny):
                                    model_fp="tiny")
     w, h = Image.open(sample.media).size
     boxes = [np.asarray([sample.boxes[0]], np.float32) / np.asarray([w, h, w, h], np.float32)]
+    with open(sample.media, "rb") as f:
+        data = f.read()  # the file's bytes: extract_features decodes them as the training loader does
     with torch.no_grad():
         for cfg, same in ((cfg224, True), (model.preprocess_cfg, False)):
-            x, m = ClipPreprocessor(cfg, train=False)([Image.open(sample.media).convert("RGB")], boxes, [None])
+            x, m = ClipPreprocessor(cfg, train=False)([data], boxes, [None])
             ref = torch.nn.functional.normalize(model.eval().encode_frames(x, m), dim=-1).numpy()
             assert np.allclose(feats, ref, atol=1e-5) == same

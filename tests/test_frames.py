@@ -119,14 +119,6 @@ def test_anamorphic_source_keeps_its_displayed_aspect(tmp_path):
     assert FrameStore(tmp_path / "frames.zip")[0].size == (341, 256)
 
 
-def test_probe_video(tmp_path):
-    opts = {k: v for k, v in _ODD.items() if k != "name"}
-    video = make_test_video(tmp_path / "v.mkv", duration_s=1.5, width=333, height=199, fps=12, **opts)
-    info = probe_video(video)
-    assert (info.width, info.height, info.fps, info.rotation) == (333, 199, 12, 0)
-    assert info.duration_s == pytest.approx(1.5, abs=0.05)
-
-
 @pytest.fixture(scope="module")
 def store_path(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("store")

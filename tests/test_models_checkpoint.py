@@ -9,7 +9,10 @@ from emotionclip.models import (
     TINY_MODEL_NAME,
     EmotionCLIP,
     load_checkpoint,
+    load_model,
+    load_official_checkpoint,
     official_to_state_dict,
+    save_checkpoint,
     state_dict_to_official,
 )
 from emotionclip.models.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -40,14 +43,14 @@ def test_save_load_round_trip_with_training_state(model, tmp_path):
     opt.step()
     sched.step()
     path = tmp_path / "ckpt" / "step_1.pt"
-    model.save(path, optimizer=opt, scheduler=sched, step=1, extra={"epoch": 0})
+    save_checkpoint(path, model, optimizer=opt, scheduler=sched, step=1, extra={"epoch": 0})
     assert not list(path.parent.glob(".*tmp*"))  # atomic: nothing half-written left
 
     raw = torch.load(path, weights_only=True)  # only plain types inside
     assert raw["step"] == 1 and raw["extra"] == {"epoch": 0}
     assert raw["config"]["clip_model"] == TINY_MODEL_NAME and raw["config"]["subject_mode"] == "sap"
 
-    loaded = EmotionCLIP.load(path).eval()
+    loaded = load_model(path).eval()
     assert loaded.config == model.config
     with torch.no_grad():
         a = model(video, masks, tokens)
@@ -64,7 +67,7 @@ def test_load_rejects_foreign_files(tmp_path):
     p = tmp_path / "x.pt"
     torch.save({"model": {}}, p)
     with pytest.raises(ValueError, match="not an EmotionCLIP checkpoint"):
-        EmotionCLIP.load(p)
+        load_model(p)
 
 
 def test_official_key_mapping_round_trip(model):
@@ -88,7 +91,7 @@ def test_load_official_checkpoint_computes_what_the_source_model_computes(model,
     # a file laid out like the authors' release: torch.save({"model": ..., ...})
     path = tmp_path / "emotionclip_official.pt"
     torch.save({"model": state_dict_to_official(model.state_dict()), "epoch": 24}, path)
-    loaded = EmotionCLIP.load_official_checkpoint(path, clip_model=TINY_MODEL_NAME)
+    loaded = load_official_checkpoint(path, clip_model=TINY_MODEL_NAME)
     assert loaded.config.subject_mode == "sap" and loaded.config.temporal == "transformer"
     assert loaded.config.max_frames == 8 and loaded.config.temporal_layers == 6
     # their training used ImageNet statistics: part of the preprocessing config
@@ -110,6 +113,20 @@ def test_official_checkpoint_needing_pickle_requires_opt_in(model, tmp_path):
     path = tmp_path / "pickled.pt"
     torch.save({"model": state_dict_to_official(model.state_dict()), "args": _Opaque()}, path)
     with pytest.raises(ValueError, match="allow_pickle=True"):
-        EmotionCLIP.load_official_checkpoint(path, clip_model=TINY_MODEL_NAME)
-    loaded = EmotionCLIP.load_official_checkpoint(path, clip_model=TINY_MODEL_NAME, allow_pickle=True)
+        load_official_checkpoint(path, clip_model=TINY_MODEL_NAME)
+    loaded = load_official_checkpoint(path, clip_model=TINY_MODEL_NAME, allow_pickle=True)
     assert torch.equal(loaded.clip.visual.proj, model.clip.visual.proj)
+
+
+def test_model_module_imports_no_io_module():
+    """One direction only: checkpoint.py and zero_shot.py import model.py, never the reverse."""
+    import ast
+    import inspect
+
+    import emotionclip.models.model as model_module
+
+    tree = ast.parse(inspect.getsource(model_module))
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | \
+        {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not imported & {"emotionclip.models.checkpoint", "emotionclip.models.zero_shot"}
+    assert not any(hasattr(EmotionCLIP, name) for name in ("save", "load", "load_official_checkpoint", "zero_shot"))

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from emotionclip.core.errors import ModelNotAvailable
-from emotionclip.models import TINY_MODEL_NAME, EmotionCLIP, create_openclip, from_catalog, from_catalog_profile
+from emotionclip.models import (TINY_MODEL_NAME, EmotionCLIP, create_openclip, from_catalog, from_catalog_profile,
+                                zero_shot_probs)
 
 
 def test_tiny_config_is_registered_with_openclip():
@@ -70,9 +71,9 @@ def test_zero_shot_probabilities():
     video = torch.randn(2, 4, 3, 224, 224)
     masks = torch.zeros(2, 4, 224, 224, dtype=torch.bool)
     labels = ["anger", "joy", "sadness"]
-    p = model.zero_shot(video, masks, labels)
+    p = zero_shot_probs(model, video, masks, labels)
     assert p.shape == (2, 3) and torch.allclose(p.sum(-1), torch.ones(2), atol=1e-5)
-    one = model.zero_shot(video[0], masks[0], labels, template=["a person feeling {}", "a {} face"])
+    one = zero_shot_probs(model, video[0], masks[0], labels, template=["a person feeling {}", "a {} face"])
     assert one.shape == (1, 3)
     with pytest.raises(ValueError, match="template"):
-        model.zero_shot(video, masks, labels, template="no placeholder")
+        zero_shot_probs(model, video, masks, labels, template="no placeholder")

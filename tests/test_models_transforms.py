@@ -47,7 +47,7 @@ def test_mask_gets_the_same_random_crop_as_the_frame():
     box = [0.1, 0.2, 0.45, 0.9]
     frames = [_frame_with_box(455, 256, box) for _ in range(6)]
     pre = ClipPreprocessor(PreprocessConfig(mean=(0, 0, 0), std=(1, 1, 1)), train=True)
-    video, masks = pre(frames, [np.array([box])] * 6, [np.array([0.9])] * 6, generator=torch.Generator().manual_seed(0))
+    video, masks = pre(frames, [np.array([box])] * 6, [np.array([0.9])] * 6, rng=np.random.default_rng(0))
     assert video.shape == (6, 3, 224, 224) and video.dtype == torch.float32
     assert masks.shape == (6, 224, 224) and masks.dtype == torch.bool
     for t in range(6):

@@ -12,16 +12,8 @@ from torch.utils.data import DataLoader
 from emotionclip.core.errors import StageError
 from emotionclip.models.factory import TINY_MODEL_NAME, get_tokenizer
 from emotionclip.core.schemas import LOGIT_COLUMNS
-from emotionclip.models.transforms import boxes_to_mask
-from emotionclip.stages.frames import FrameStore
-from emotionclip.training.dataset import (
-    ClipDataset,
-    collate_clips,
-    cropped_boxes_mask,
-    decode_frame,
-    normalize_frames,
-    sample_frame_indices,
-)
+from emotionclip.models.transforms import normalize_frames
+from emotionclip.training.dataset import ClipDataset, collate_clips, sample_frame_indices
 from emotionclip.training.sampler import ResumableSampler
 from training_data import BOX_PX, VIDEO_H, VIDEO_W, make_corpus
 
@@ -106,33 +98,12 @@ def test_per_frame_random_crops_differ_and_eval_is_centred(corpus):
     assert rows.min() == int(np.ceil(BOX_PX[1] / VIDEO_H * 256 - 0.5)) - 16
 
 
-def test_decoded_frames_match_the_frame_store(corpus):
-    """torchvision's decode of the stored JPEG = the FrameStore's PIL image (both libjpeg)."""
-    cat, _ = corpus
-    store = FrameStore(cat.artifact("frames", "vid0"))
-    ours = decode_frame(store.read_bytes(3)).permute(1, 2, 0).numpy().astype(int)
-    pil = np.asarray(store[3]).astype(int)
-    assert ours.shape == pil.shape and np.abs(ours - pil).max() <= 2
-
-
 def test_resized_when_stored_frames_are_larger(corpus, tmp_path):
     from emotionclip.models.transforms import PreprocessConfig
 
     ds = _dataset(corpus, preprocess=PreprocessConfig(resize=160, crop=128), train=False)
     item = ds[0]
     assert item["frames"].shape == (8, 3, 128, 128) and item["masks"].any()
-
-
-def test_cropped_mask_equals_full_mask_cropped():
-    rng = np.random.default_rng(1)
-    for _ in range(20):
-        xy = rng.uniform(0, 1, size=(3, 4))
-        boxes = np.stack([np.minimum(xy[:, 0], xy[:, 2]), np.minimum(xy[:, 1], xy[:, 3]),
-                          np.maximum(xy[:, 0], xy[:, 2]), np.maximum(xy[:, 1], xy[:, 3])], 1)
-        w, h = int(rng.integers(224, 400)), int(rng.integers(224, 300))
-        left, top = int(rng.integers(0, w - 224 + 1)), int(rng.integers(0, h - 224 + 1))
-        full = boxes_to_mask(boxes, None, h, w)[top:top + 224, left:left + 224].numpy()
-        assert np.array_equal(cropped_boxes_mask(boxes, w, h, left, top, 224).astype(bool), full)
 
 
 def test_deterministic_per_epoch_and_index(corpus):
@@ -226,48 +197,6 @@ def test_batched_loading_equals_per_sample(corpus, workers):
     # the default collate on the same batches still gets dense masks
     plain = next(iter(DataLoader(ds, batch_size=4, num_workers=workers)))
     assert torch.equal(plain["masks"], masks) and torch.equal(plain["frames"], fast["frames"])
-
-
-def test_rasterized_boxes_equal_the_cropped_mask():
-    from emotionclip.training.dataset import crop_box_ranges, rasterize_mask_boxes
-
-    rng = np.random.default_rng(2)
-    rows, want = [], torch.zeros(2, 3, 64, 64, dtype=torch.uint8)
-    for b in range(2):
-        for t in range(3):
-            xy = rng.uniform(-0.1, 1.1, size=(4, 4))
-            boxes = np.stack([np.minimum(xy[:, 0], xy[:, 2]), np.minimum(xy[:, 1], xy[:, 3]),
-                              np.maximum(xy[:, 0], xy[:, 2]), np.maximum(xy[:, 1], xy[:, 3])], 1)
-            w, h = int(rng.integers(64, 120)), int(rng.integers(64, 90))
-            left, top = int(rng.integers(0, w - 63)), int(rng.integers(0, h - 63))
-            want[b, t] = torch.from_numpy(boxes_to_mask(boxes, None, h, w)[top:top + 64, left:left + 64].numpy())
-            r = crop_box_ranges(boxes, w, h, left, top, 64)
-            rows.append(np.concatenate([np.full((len(r), 2), (b, t), np.int32), r], 1))
-    got = rasterize_mask_boxes(torch.from_numpy(np.concatenate(rows)), 2, 3, 64)
-    assert torch.equal(got, want) and want.any()
-    assert not rasterize_mask_boxes(torch.zeros(0, 6, dtype=torch.int32), 1, 2, 8).any()
-
-
-def test_box_crop_ranges_equal_per_frame_ranges():
-    """The batched rectangles (one searchsorted per frame size, minus the crop
-    origin) are exactly `crop_box_ranges` per box and frame, mixed sizes too."""
-    from emotionclip.training.dataset import box_crop_ranges, crop_box_ranges
-
-    rng = np.random.default_rng(3)
-    for trial in range(50):
-        n, s = int(rng.integers(1, 30)), int(rng.integers(8, 64))
-        xy = rng.uniform(-0.2, 1.2, size=(n, 4)).astype(np.float32)
-        boxes = np.concatenate([np.minimum(xy[:, :2], xy[:, 2:]), np.maximum(xy[:, :2], xy[:, 2:])], 1)
-        sizes = rng.integers(s, s + 40, size=(n, 2)) if trial % 2 else np.tile(rng.integers(s, s + 40, 2), (n, 1))
-        origin = np.stack([rng.integers(0, w - s + 1) for w in sizes[:, 0]]), \
-            np.stack([rng.integers(0, h - s + 1) for h in sizes[:, 1]])
-        geometry = np.stack([sizes[:, 0], sizes[:, 1], origin[0], origin[1]], 1)
-        got = box_crop_ranges(boxes, geometry, s)
-        for r in range(n):
-            w, h, left, top = (int(v) for v in geometry[r])
-            want = crop_box_ranges(boxes[r:r + 1], w, h, left, top, s)
-            empty = got[r, 1] <= got[r, 0] or got[r, 3] <= got[r, 2]
-            assert (len(want) == 0) if empty else np.array_equal(got[r:r + 1], want), (trial, r)
 
 
 def _spy_shared_allocations(monkeypatch, path):

@@ -16,7 +16,7 @@ from emotionclip.cli import app
 from emotionclip.models import (TINY_MODEL_NAME, EmotionCLIP, save_checkpoint, state_dict_to_official,
                                 subject_patch_coverage)
 from emotionclip.models.attention import attention_maps
-from emotionclip.training.dataset import normalize_frames
+from emotionclip.models.transforms import normalize_frames
 from emotionclip.viz import clip_inputs, grid_size_px, plot_attention_grid
 from emotionclip.viz import attention as viz
 from training_data import make_corpus, write_manifest

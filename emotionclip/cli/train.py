@@ -65,11 +65,13 @@ def app(
     except (ValueError, ValidationError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2)
-    result = run_training(config, nproc=nproc)
-    if isinstance(result, int):
-        if result != 0:
-            typer.echo(f"error: torchrun exited with {result}; checkpoints in {out} can be resumed with --resume latest",
-                       err=True)
-        raise typer.Exit(result)
+    outcome = run_training(config, nproc=nproc)
+    if not outcome.ok:
+        typer.echo(f"error: torchrun exited with {outcome.returncode}; checkpoints in {out} can be resumed with "
+                   "--resume latest", err=True)
+        raise typer.Exit(outcome.returncode)
+    if outcome.result is None:  # under torchrun: the ranks reported in their own logs
+        raise typer.Exit(0)
+    result = outcome.result
     typer.echo(json.dumps({"step": result.step, "epoch": result.epoch, "loss": result.last_loss,
                            "checkpoint": result.checkpoint}))

@@ -1,7 +1,12 @@
 """The ffmpeg binary (from the imageio-ffmpeg wheel: no system package needed).
 
 Always called with argument lists, never shell strings. imageio-ffmpeg ships no
-ffprobe, so `probe_video` reads duration, size and rate from `ffmpeg -i`'s log.
+ffprobe, so `probe_video` (the one probe every stage uses) reads duration,
+displayed size and rate from `ffmpeg -i`'s log.
+
+The binary, not PyAV: PyAV was measured no faster on the frames and humans
+stages nor on the probe, and the binary keeps ffmpeg's autorotate, one FFmpeg
+build, and a decoder crash in a child process rather than in the worker.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ import functools
 import os
 import re
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 class FFmpegError(RuntimeError):
@@ -47,21 +52,24 @@ def run_ffmpeg(args: list[str], *, timeout: float | None = None) -> subprocess.C
 @dataclass(frozen=True)
 class VideoInfo:
     """What ffmpeg reports about a file's first video stream. `width`/`height`
-    are as displayed (after rotation metadata, which ffmpeg applies when decoding)."""
+    are as displayed: swapped for a display matrix of 90/270 degrees (a phone
+    video), which ffmpeg's autorotate applies when decoding, so they match the
+    decoded frames. `duration_s` is NaN when no duration can be found."""
 
     duration_s: float
     width: int
     height: int
     fps: float | None
-    rotation: int = 0  # degrees from the display matrix, multiple of 90
+    rotation: int = 0  # display-matrix degrees as ffmpeg prints them, in [0, 360)
 
 
 _DURATION = re.compile(r"Duration:\s*(\d+):(\d+):(\d+(?:\.\d+)?)")
 _STREAM = re.compile(r"Stream #\d+:\d+.*?: Video: (.*)$")
 _SIZE = re.compile(r",\s(\d+)x(\d+)\b")
 _FPS = re.compile(r"(\d+(?:\.\d+)?)(k?) (?:fps|tbr)\b")
+# Only the display matrix: it is what autorotate applies when decoding. A bare
+# `rotate` tag (Matroska, old muxers) is not applied, so it does not swap the size.
 _ROTATION = re.compile(r"(?:displaymatrix|Display Matrix): rotation of (-?\d+(?:\.\d+)?) degrees", re.I)
-_ROTATE_TAG = re.compile(r"^\s*rotate\s*:\s*(-?\d+)", re.M)
 _TIME = re.compile(r"time=\s*(\d+):(\d+):(\d+(?:\.\d+)?)")
 
 
@@ -92,7 +100,7 @@ def parse_probe(log: str, name: str = "video") -> VideoInfo:
                 break
             block.append(nxt)
         block_text = "\n".join(block)
-        rot_m = _ROTATION.search(block_text) or _ROTATE_TAG.search(block_text)
+        rot_m = _ROTATION.search(block_text)
         rotation = int(round(float(rot_m.group(1)))) % 360 if rot_m else 0
         if rotation in (90, 270):
             width, height = height, width
@@ -102,11 +110,24 @@ def parse_probe(log: str, name: str = "video") -> VideoInfo:
     raise VideoProbeError(f"{name}: no video stream")
 
 
+def _last_timestamp(path: str, *, decode: bool) -> float | None:
+    """The last video timestamp ffmpeg reaches reading `path` to null, or None."""
+    codec = [] if decode else ["-c", "copy"]
+    proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", path, "-map", "0:v:0", *codec,
+                           "-f", "null", "-"], capture_output=True, timeout=600)
+    times = _TIME.findall(proc.stderr.decode(errors="replace"))
+    if not times:
+        return None
+    h, m, s = times[-1]
+    return int(h) * 3600 + int(m) * 60 + float(s)
+
+
 def probe_video(path: str | os.PathLike) -> VideoInfo:
     """Duration, displayed size and frame rate of a video, from `ffmpeg -i`.
 
-    When the container has no duration (raw streams, some WebM), the streams
-    are remuxed to null (no decoding) and the last timestamp is taken."""
+    When the container has no duration (a WebM written to a pipe, a raw
+    stream), the video is remuxed to null (no decoding) and the last timestamp
+    taken; a raw elementary stream has no timestamps to copy, so it is decoded."""
     path = os.fspath(path)
     if "://" not in path and not os.path.exists(path):
         raise VideoProbeError(f"{path}: file not found")
@@ -114,11 +135,9 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
                           capture_output=True, timeout=120)
     info = parse_probe(proc.stderr.decode(errors="replace"), name=path)
     if info.duration_s != info.duration_s:  # NaN: "Duration: N/A"
-        proc = subprocess.run(
-            [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", path, "-map", "0:v:0", "-c", "copy", "-f", "null", "-"],
-            capture_output=True, timeout=600)
-        times = _TIME.findall(proc.stderr.decode(errors="replace"))
-        if times:
-            h, m, s = times[-1]
-            info = VideoInfo(int(h) * 3600 + int(m) * 60 + float(s), info.width, info.height, info.fps, info.rotation)
+        duration = _last_timestamp(path, decode=False)
+        if duration is None:
+            duration = _last_timestamp(path, decode=True)
+        if duration is not None:
+            info = replace(info, duration_s=duration)
     return info

@@ -7,7 +7,10 @@ dataset gives no person box the subject mask comes from
 `emotionclip.stages.humans.detect_humans` on the same frames decoded at full
 resolution (`iter_frames`), with the paper's detector settings. Images (EMOTIC)
 are read directly and encoded by the frame encoder with the annotated box.
-Features are L2-normalised.
+Frames and masks are prepared by `emotionclip.models.transforms.ClipPreprocessor`,
+the training loader's own decode, resize, centre crop, normalisation and mask
+rule (from the stored JPEG bytes, as the loader reads them). Features are
+L2-normalised.
 
 Cache: one `.npz` per (model fingerprint, dataset, split, preprocessing
 fingerprint) holding sample keys and features; a later run computes only the
@@ -24,13 +27,20 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from emotionclip.evaluation.datasets.base import Sample, media_problem
 
-FEATURES_VERSION = 1
+if TYPE_CHECKING:
+    import torch
+
+    from emotionclip.models.transforms import ClipPreprocessor
+    from emotionclip.stages.frames import FrameStore
+
+# 2: frames prepared by the training loader's path (torchvision decode and resize, not PIL)
+FEATURES_VERSION = 2
 STAGE = "eval-features"
 # Paper: 8 frames per clip, sampled at 8 FPS with the smaller edge at 256.
 NUM_FRAMES = 8
@@ -232,6 +242,17 @@ class _Videos:
         return out
 
 
+def stored_clip_inputs(store: "FrameStore", indices: Sequence[int], boxes: Sequence[Any] | None,
+                       confs: Sequence[Any] | None,
+                       preprocessor: "ClipPreprocessor") -> tuple["torch.Tensor", "torch.Tensor"]:
+    """One sample's model inputs from a frame store: the stored JPEGs at `indices`
+    (each distinct frame read and decoded once) with per-frame normalised boxes
+    and confidences through `preprocessor` (a `ClipPreprocessor`) ->
+    (frames [T, 3, S, S] float32, masks [T, S, S] bool)."""
+    data = {k: store.read_bytes(k) for k in dict.fromkeys(int(k) for k in indices)}
+    return preprocessor([data[int(k)] for k in indices], boxes, confs)
+
+
 def _video_inputs(samples: list[Sample], videos: _Videos, preprocessor, cfg: FeatureConfig):
     """(frames [B, T, 3, S, S], masks [B, T, S, S]) for samples of one video file."""
     import torch
@@ -254,7 +275,6 @@ def _video_inputs(samples: list[Sample], videos: _Videos, preprocessor, cfg: Fea
             det = videos.detections(media, sorted({k for p, s in zip(plans, samples) if s.boxes is None for k in p}))
         xs, ms = [], []
         for s, idx in zip(samples, plans):
-            imgs = store.get_many(idx)
             boxes, confs = [], []
             for k in idx:
                 if s.boxes is not None:
@@ -271,7 +291,7 @@ def _video_inputs(samples: list[Sample], videos: _Videos, preprocessor, cfg: Fea
                 else:
                     boxes.append(None)
                     confs.append(None)
-            x, m = preprocessor(imgs, boxes, confs)
+            x, m = stored_clip_inputs(store, idx, boxes, confs, preprocessor)
             xs.append(x)
             ms.append(m)
         return torch.stack(xs), torch.stack(ms)
@@ -280,13 +300,13 @@ def _video_inputs(samples: list[Sample], videos: _Videos, preprocessor, cfg: Fea
 
 
 def _image_inputs(s: Sample, preprocessor):
-    from PIL import Image
+    from emotionclip.models.transforms import decode_frame
 
-    with Image.open(s.media) as im:
-        img = im.convert("RGB")
+    with open(s.media, "rb") as f:
+        img = decode_frame(f.read())
     boxes = None
     if s.boxes and 0 in s.boxes:
-        w, h = img.size
+        h, w = int(img.shape[1]), int(img.shape[2])
         boxes = [np.clip(np.asarray([s.boxes[0]], np.float32) / np.asarray([w, h, w, h], np.float32), 0, 1)]
     x, m = preprocessor([img], boxes, [None])
     return x, m  # [1, 3, S, S], [1, S, S]

@@ -40,17 +40,16 @@ def load_model(checkpoint: str | None = None, official_checkpoint: str | None = 
     """The model to evaluate: one of our checkpoints, the authors' released file,
     or a catalog profile's freshly built model (`tiny`: seeded random weights).
     Loaded once per process."""
-    from emotionclip.models import EmotionCLIP
+    from emotionclip.models import checkpoint as ckpt
 
     chosen = [x for x in (checkpoint, official_checkpoint, profile) if x]
     if len(chosen) != 1:
         raise ValueError("give exactly one of checkpoint, official_checkpoint, profile")
     if checkpoint:
-        model = EmotionCLIP.load(checkpoint, map_location=device)
+        model = ckpt.load_model(checkpoint, map_location=device)
         return ModelHandle(model.to(device), Path(checkpoint).name, model_fingerprint(model, checkpoint))
     if official_checkpoint:
-        model = EmotionCLIP.load_official_checkpoint(official_checkpoint, allow_pickle=allow_pickle,
-                                                     map_location=device)
+        model = ckpt.load_official_checkpoint(official_checkpoint, allow_pickle=allow_pickle, map_location=device)
         return ModelHandle(model.to(device), f"official:{Path(official_checkpoint).name}",
                            model_fingerprint(model, official_checkpoint))
     import torch

@@ -2,8 +2,10 @@
 vanilla) on OpenCLIP, temporal encoder, text tower, sentiment-guided loss,
 checkpoints, preprocessing. Usable without Prefect:
 
-    from emotionclip.models import EmotionCLIP, SentimentGuidedLoss
+    from emotionclip.models import EmotionCLIP, SentimentGuidedLoss, load_model, save_checkpoint
     model = EmotionCLIP.from_openclip("ViT-B-32", "laion2b_e16", subject_mode="sap")
+    save_checkpoint("model.pt", model)
+    model = load_model("model.pt")
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 from emotionclip.models.attention import AttentionMaps, attention_maps
 from emotionclip.models.checkpoint import (
     load_checkpoint,
+    load_model,
     load_official_checkpoint,
     official_to_state_dict,
     save_checkpoint,
@@ -30,7 +33,14 @@ from emotionclip.models.frame_encoder import (
 from emotionclip.models.loss import SentimentGuidedLoss, pairwise_kl, sentiment_weights
 from emotionclip.models.model import EmotionCLIP, EmotionCLIPConfig
 from emotionclip.models.temporal import TemporalEncoder
-from emotionclip.models.transforms import ClipPreprocessor, PreprocessConfig, boxes_per_frame, boxes_to_mask
+from emotionclip.models.transforms import (
+    ClipPreprocessor,
+    PreprocessConfig,
+    boxes_per_frame,
+    boxes_to_mask,
+    decode_frame,
+    normalize_frames,
+)
 from emotionclip.models.zero_shot import label_embeddings, zero_shot_probs
 
 
@@ -67,6 +77,8 @@ __all__ = [
     "gather_features",
     "boxes_to_mask",
     "boxes_per_frame",
+    "decode_frame",
+    "normalize_frames",
     "create_openclip",
     "get_tokenizer",
     "register_model_configs",
@@ -74,6 +86,7 @@ __all__ = [
     "from_catalog",
     "save_checkpoint",
     "load_checkpoint",
+    "load_model",
     "load_official_checkpoint",
     "official_to_state_dict",
     "state_dict_to_official",

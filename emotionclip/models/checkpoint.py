@@ -12,15 +12,13 @@ from __future__ import annotations
 import os
 import pickle
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from emotionclip.core.io import atomic_path, open_file
+from emotionclip.models.model import EmotionCLIP, EmotionCLIPConfig
 from emotionclip.models.transforms import IMAGENET_MEAN, IMAGENET_STD, PreprocessConfig
-
-if TYPE_CHECKING:
-    from emotionclip.models.model import EmotionCLIP
 
 FORMAT = "emotionclip-checkpoint"
 VERSION = 1
@@ -28,7 +26,7 @@ VERSION = 1
 
 def save_checkpoint(
     path: str | os.PathLike,
-    model: "EmotionCLIP",
+    model: EmotionCLIP,
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: Any = None,
     step: int | None = None,
@@ -65,10 +63,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return obj
 
 
-def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "EmotionCLIP":
+def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> EmotionCLIP:
     """Rebuild the model from a checkpoint's config and load its weights (strict)."""
-    from emotionclip.models.model import EmotionCLIP
-
     ckpt = load_checkpoint(path, map_location)
     model = EmotionCLIP.from_config(ckpt["config"])
     model.load_state_dict(ckpt["model"], strict=True)
@@ -140,11 +136,9 @@ def load_official_checkpoint(
     clip_model: str = "ViT-B-32",
     allow_pickle: bool = False,
     map_location: str | torch.device = "cpu",
-) -> "EmotionCLIP":
+) -> EmotionCLIP:
     """Load the authors' released checkpoint into our model, so that it computes what
     theirs does: SAP frame encoder, their temporal head, ImageNet mean/std."""
-    from emotionclip.models.model import EmotionCLIP, EmotionCLIPConfig
-
     with open_file(path, "rb") as f:
         try:
             obj = torch.load(f, map_location=map_location, weights_only=not allow_pickle)

@@ -1,8 +1,11 @@
-"""The EmotionCLIP model: subject-aware OpenCLIP frame encoder + temporal encoder + text tower."""
+"""The EmotionCLIP model: subject-aware OpenCLIP frame encoder + temporal encoder + text tower.
+
+The nn.Module only: checkpoints are `emotionclip.models.checkpoint` (`save_checkpoint`,
+`load_model`, `load_official_checkpoint`), zero-shot scoring `emotionclip.models.zero_shot`.
+Both import this module, never the reverse."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
@@ -198,51 +201,3 @@ class EmotionCLIP(nn.Module):
         v = F.normalize(self.encode_video(frames, masks), dim=-1)
         t = F.normalize(self.encode_text(tokens), dim=-1)
         return v, t, self.logit_scale.exp()
-
-    @torch.no_grad()
-    def zero_shot(
-        self,
-        video: torch.Tensor,
-        masks: torch.Tensor | None,
-        labels: Sequence[str],
-        template: str | Sequence[str] = "a person feeling {}",
-    ) -> torch.Tensor:
-        """Probabilities [B, len(labels)] that each clip shows each label."""
-        from emotionclip.models.zero_shot import zero_shot_probs
-
-        return zero_shot_probs(self, video, masks, labels, template)
-
-    # -- checkpoints ------------------------------------------------------------
-    def save(
-        self,
-        path: str | os.PathLike,
-        optimizer: torch.optim.Optimizer | None = None,
-        scheduler: Any = None,
-        step: int | None = None,
-        extra: dict[str, Any] | None = None,
-    ) -> None:
-        """Atomic checkpoint: model, config and (when training) optimizer/scheduler/step."""
-        from emotionclip.models.checkpoint import save_checkpoint
-
-        save_checkpoint(path, self, optimizer=optimizer, scheduler=scheduler, step=step, extra=extra)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "EmotionCLIP":
-        """Model from one of our checkpoints (torch.load weights_only=True)."""
-        from emotionclip.models.checkpoint import load_model
-
-        return load_model(path, map_location=map_location)
-
-    @classmethod
-    def load_official_checkpoint(
-        cls,
-        path: str | os.PathLike,
-        clip_model: str = "ViT-B-32",
-        allow_pickle: bool = False,
-        map_location: str | torch.device = "cpu",
-    ) -> "EmotionCLIP":
-        """The authors' released checkpoint (SAP, transformer head, ImageNet normalisation)."""
-        from emotionclip.models.checkpoint import load_official_checkpoint
-
-        return load_official_checkpoint(path, clip_model=clip_model, allow_pickle=allow_pickle,
-                                        map_location=map_location)

@@ -7,20 +7,19 @@ after normalisation), then softmax over labels of logit_scale * cosine similarit
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
-if TYPE_CHECKING:
-    from emotionclip.models.model import EmotionCLIP
+from emotionclip.models.model import EmotionCLIP
 
 DEFAULT_TEMPLATE = "a person feeling {}"
 
 
 @torch.no_grad()
 def label_embeddings(
-    model: "EmotionCLIP", labels: Sequence[str], template: str | Sequence[str] = DEFAULT_TEMPLATE
+    model: EmotionCLIP, labels: Sequence[str], template: str | Sequence[str] = DEFAULT_TEMPLATE
 ) -> torch.Tensor:
     """[len(labels), D] L2-normalised text embeddings, averaged over the templates."""
     if not labels:
@@ -38,7 +37,7 @@ def label_embeddings(
 
 @torch.no_grad()
 def zero_shot_probs(
-    model: "EmotionCLIP",
+    model: EmotionCLIP,
     video: torch.Tensor,
     masks: torch.Tensor | None,
     labels: Sequence[str],

@@ -21,27 +21,32 @@ The archive is yt-dlp's own (same file format, same ids, read by yt-dlp's
 single request). We append the line ourselves *after* the rename: yt-dlp would
 append it before our rename, and a run killed in between would then skip a
 video whose files were never put in place.
+
+Retries: inside one call only yt-dlp's own (`retries` for HTTP, fragments and
+extractors, backoff from the catalog's sleep options). What yt-dlp does not
+retry (a throttled page, a 429 on the media) surfaces as a `DownloadError`
+whose `transient` flag `is_transient_error` reads; the caller (the Prefect
+task) decides whether to try again. Request budgets are Prefect global
+concurrency limits, applied by the task, not here.
 """
 
 from __future__ import annotations
 
+import http.client
 import logging
 import os
 import re
 import shutil
-import subprocess
 import tempfile
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from emotionclip.core.catalog import Catalog, DownloadParams
 from emotionclip.core.errors import StageError
-from emotionclip.core.ffmpeg import ffmpeg_exe
+from emotionclip.core.ffmpeg import VideoProbeError, ffmpeg_exe, probe_video
 from emotionclip.core.ids import InvalidVideoId, sanitize_video_id, validate_video_id
 from emotionclip.core.io import atomic_write_json, is_local, read_json
-from emotionclip.ratelimit import limiter
 
 log = logging.getLogger(__name__)
 
@@ -234,29 +239,93 @@ def ydl_options(
     return opts
 
 
-def _http_status(exc: BaseException) -> int | None:
-    """The HTTP status behind a yt-dlp error, if any (walks causes, then the text)."""
+class DownloadError(StageError):
+    """A download that yt-dlp or the network failed.
+
+    `transient`: a later try may succeed (see `is_transient_error`): set for
+    what yt-dlp does not retry itself (a throttled or failing page, a 429,
+    a dropped connection while extracting), so the caller (the Prefect task)
+    retries it; `http_status`: the HTTP status behind it, when yt-dlp kept the
+    HTTP error (it does not for the ones it gave up on after its own retries)."""
+
+    def __init__(self, video_id: str | None, message: str, *, transient: bool,
+                 http_status: int | None = None):
+        super().__init__(STAGE, video_id, message)
+        self.transient = transient
+        self.http_status = http_status
+
+    def __reduce__(self):  # picklable (task results cross processes): args are not the init's
+        return (_rebuild_download_error, (self.video_id, self.message, self.transient, self.http_status))
+
+
+def _rebuild_download_error(video_id: str | None, message: str, transient: bool,
+                            http_status: int | None) -> DownloadError:
+    return DownloadError(video_id, message, transient=transient, http_status=http_status)
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """`exc` and what it wraps: yt-dlp keeps the original in `cause` / `exc_info`,
+    Python in `__cause__` / `__context__` (unless `raise ... from None` hid it)."""
     seen: set[int] = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
+    todo: list[Any] = [exc]
+    while todo:
+        cur = todo.pop(0)
+        if not isinstance(cur, BaseException) or id(cur) in seen:
+            continue
         seen.add(id(cur))
-        status = getattr(cur, "status", None) or getattr(getattr(cur, "response", None), "status", None)
-        if isinstance(status, int):
-            return status
+        yield cur
         exc_info = getattr(cur, "exc_info", None)
-        nxt = getattr(cur, "cause", None) or (exc_info[1] if exc_info else None) or cur.__cause__
-        cur = nxt if isinstance(nxt, BaseException) else None
-    m = re.search(r"HTTP Error (\d{3})", str(exc))
-    return int(m.group(1)) if m else None
+        todo += [getattr(cur, "cause", None), exc_info[1] if isinstance(exc_info, tuple) and len(exc_info) > 1
+                 else None, cur.__cause__, None if cur.__suppress_context__ else cur.__context__]
 
 
-def _is_transient(exc: BaseException) -> bool:
+def _http_status(exc: BaseException) -> int | None:
+    """The HTTP status of the first HTTP error in `exc`'s chain (yt-dlp's and
+    urllib's `status`, httpx's `response.status_code`)."""
+    for cur in _causes(exc):
+        response = getattr(cur, "response", None)
+        for status in (getattr(cur, "status", None), getattr(response, "status", None),
+                       getattr(response, "status_code", None)):
+            if isinstance(status, int) and 100 <= status <= 599:
+                return status
+    return None
+
+
+def _network_trouble(exc: BaseException) -> bool:
+    """A timeout or a dropped/refused connection anywhere in `exc`'s chain (not a
+    certificate failure or an unsupported URL: those do not heal by themselves)."""
+    import httpx
+    from yt_dlp.networking.exceptions import CertificateVerifyError, TransportError
+
+    chain = list(_causes(exc))
+    if any(isinstance(c, CertificateVerifyError) for c in chain):
+        return False
+    return any(isinstance(c, (TransportError, TimeoutError, ConnectionError, http.client.IncompleteRead,
+                              httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError))
+               for c in chain)
+
+
+def is_transient_error(exc: BaseException) -> bool:
+    """Whether a failed network stage may succeed if tried again later:
+    throttling (429), server trouble (5xx, 408, 425), timeouts, reset or refused
+    connections, anywhere in the exception's chain. Not a 404 or other 4xx, a
+    bad id, missing captions, a playlist URL; nor a 5xx or timeout that yt-dlp
+    already retried until it gave up (its retries are spent, and it reports
+    that as text, with no exception behind it). The one classifier of
+    transient errors (the Prefect tasks' retry condition); a `DownloadError`
+    carries its verdict in `transient`."""
+    if isinstance(exc, DownloadError):
+        return exc.transient
     status = _http_status(exc)
     if status is not None:
         return status in _TRANSIENT_STATUS
-    text = str(exc).lower()
-    return any(s in text for s in ("timed out", "connection reset", "temporarily", "connection refused",
-                                   "remote end closed", "incompleteread"))
+    return _network_trouble(exc)
+
+
+def _download_error(video_id: str | None, exc: BaseException) -> DownloadError:
+    """yt-dlp's exception as ours, the verdict taken once, while its chain is at hand."""
+    return DownloadError(video_id, _clean_message(exc), transient=is_transient_error(exc),
+                         http_status=_http_status(exc))
 
 
 def _clean_message(exc: BaseException) -> str:
@@ -291,22 +360,6 @@ def _record_archive(catalog: Catalog, archive_id: str) -> None:
 def _archive_id(info: dict[str, Any]) -> str:
     key = info.get("extractor_key") or info.get("ie_key") or "generic"
     return f"{str(key).lower()} {info['id']}"
-
-
-# -- probing -------------------------------------------------------------------------
-def probe_video(path: str | os.PathLike) -> tuple[int | None, int | None, float | None]:
-    """(width, height, duration_s) read from ffmpeg's stream header (no ffprobe in imageio-ffmpeg)."""
-    proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path)],
-                          capture_output=True, timeout=60)
-    text = proc.stderr.decode(errors="replace")
-    width = height = duration = None
-    m = re.search(r"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)", text)
-    if m:
-        duration = int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3))
-    m = re.search(r"Stream #\S+.*?Video: .*?(\d{2,5})x(\d{2,5})", text)
-    if m:
-        width, height = int(m.group(1)), int(m.group(2))
-    return width, height, duration
 
 
 # -- the stage -------------------------------------------------------------------------
@@ -365,9 +418,12 @@ def run_download(
     its English captions into `raw_dir`, write `info.json`, record the archive.
 
     Returns a summary: {"video_id", "status": "downloaded"|"skipped", "source",
-    "caption_kind", "caption_lang", "video_file", "bytes", "attempts"}. Raises
-    StageError("download", video_id, ...) for bad ids, HTTP errors (404 at once;
-    429/5xx after `retries` attempts with backoff), missing English captions;
+    "caption_kind", "caption_lang", "video_file", "bytes"}. One try: the only
+    retries inside are yt-dlp's own (`retries`, `fragment_retries`,
+    `extractor_retries` with the catalog's backoff). Raises DownloadError (a
+    StageError) when yt-dlp or the network fails, with `transient` set as
+    `is_transient_error` reads it (429/5xx/timeouts: try again later; 404: no),
+    and a plain StageError for bad ids, playlists and missing English captions;
     nothing is left in raw_dir then. `force` ignores the archive and finished files."""
     import yt_dlp
 
@@ -390,78 +446,65 @@ def run_download(
 
     archive = set() if force else load_archive(catalog)
     cachedir = str(Path(catalog.root) / ".cache" / "yt-dlp")
-    budget = limiter("youtube" if source == "youtube" else "download", params.rate_limit_per_minute)
-    last_exc: BaseException | None = None
-    last_vid = video_id
-    attempts = params.retries + 1
-    for attempt in range(attempts):
-        if attempt:
-            time.sleep(backoff_s(attempt - 1, params))
-        budget.acquire()
-        logger = _YdlLogger()
-        staging: Path | None = None
-        video_dir: Path | None = None
-        created = False
-        vid = video_id
-        try:
-            # 1. metadata only: pick captions before fetching any media.
-            with yt_dlp.YoutubeDL(ydl_options(params, archive=archive, logger=logger, cachedir=cachedir)) as ydl:
-                info = ydl.extract_info(target, download=False)
-                if info is None:  # yt-dlp skipped a recorded id before any request
-                    return _skipped(video_id, source, "in download archive")
-                if info.get("_type") in ("playlist", "multi_video"):
-                    entries = [e for e in info.get("entries") or [] if e]
-                    if len(entries) != 1:
-                        raise StageError(STAGE, video_id, f"{target} is a playlist of {len(entries)} videos; "
-                                                          "give one video URL")
-                    info = entries[0]
-                if vid is None:
-                    vid = sanitize_video_id(str(info.get("id") or ""))
-                if ydl.in_download_archive(info):
-                    return _skipped(vid, source, "in download archive")
-            if str(info.get("extractor_key", "")).lower() == "youtube":
-                source = "youtube"
-            if vid is not None and not force and video_id is None and _finished(catalog, vid):
-                return _skipped(vid, source, "already downloaded")
-            caption = choose_captions(info.get("subtitles"), info.get("automatic_captions"),
-                                      params.caption_langs, params.caption_formats)
-            if caption is None:
-                offered = sorted(set(info.get("subtitles") or {}) | set(info.get("automatic_captions") or {}))
-                raise StageError(STAGE, vid, f"no English captions ({'/'.join(params.caption_langs)}) "
-                                             f"in {'/'.join(params.caption_formats)}; offered: {offered or 'none'}")
+    logger = _YdlLogger()
+    staging: Path | None = None
+    video_dir: Path | None = None
+    created = False
+    vid = video_id
+    try:
+        # 1. metadata only: pick captions before fetching any media.
+        with yt_dlp.YoutubeDL(ydl_options(params, archive=archive, logger=logger, cachedir=cachedir)) as ydl:
+            info = ydl.extract_info(target, download=False)
+            if info is None:  # yt-dlp skipped a recorded id before any request
+                return _skipped(video_id, source, "in download archive")
+            if info.get("_type") in ("playlist", "multi_video"):
+                entries = [e for e in info.get("entries") or [] if e]
+                if len(entries) != 1:
+                    raise StageError(STAGE, video_id, f"{target} is a playlist of {len(entries)} videos; "
+                                                      "give one video URL")
+                info = entries[0]
+            if vid is None:
+                vid = sanitize_video_id(str(info.get("id") or ""))
+            if ydl.in_download_archive(info):
+                return _skipped(vid, source, "in download archive")
+        if str(info.get("extractor_key", "")).lower() == "youtube":
+            source = "youtube"
+        if vid is not None and not force and video_id is None and _finished(catalog, vid):
+            return _skipped(vid, source, "already downloaded")
+        caption = choose_captions(info.get("subtitles"), info.get("automatic_captions"),
+                                  params.caption_langs, params.caption_formats)
+        if caption is None:
+            offered = sorted(set(info.get("subtitles") or {}) | set(info.get("automatic_captions") or {}))
+            raise StageError(STAGE, vid, f"no English captions ({'/'.join(params.caption_langs)}) "
+                                         f"in {'/'.join(params.caption_formats)}; offered: {offered or 'none'}")
 
-            # 2. download into a staging folder next to raw_dir, then rename.
-            raw_dir = Path(catalog.artifact("raw_dir", vid))
-            video_dir = raw_dir.parent
-            created = not video_dir.exists()
-            video_dir.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=".raw.tmp-", dir=video_dir))
-            opts = ydl_options(params, archive=set(), logger=logger, outdir=staging, video_id=vid,
-                               caption=caption, cachedir=cachedir)
-            with yt_dlp.YoutubeDL(opts) as ydl:
-                done = ydl.process_ie_result(info, download=True)
-                archive_id = ydl._make_archive_id(done) if hasattr(ydl, "_make_archive_id") else _archive_id(done)
-            info_json = _check_and_describe(vid, staging, done, caption, source, target)
-            _install(catalog, vid, staging, info_json)
-            staging = None
-            _record_archive(catalog, archive_id or _archive_id(done))
-            size = (raw_dir / info_json["video_file"]).stat().st_size
-            return {"video_id": vid, "status": "downloaded", "source": source,
-                    "caption_kind": caption.kind, "caption_lang": caption.lang,
-                    "video_file": info_json["video_file"], "bytes": size, "attempts": attempt + 1}
-        except StageError:
-            if video_dir is not None:
-                _cleanup(staging, video_dir, created)
-            raise
-        except Exception as exc:  # yt-dlp's DownloadError and friends
-            if video_dir is not None:
-                _cleanup(staging, video_dir, created)
-            last_exc, last_vid = exc, vid
-            if not _is_transient(exc):
-                raise StageError(STAGE, vid, _clean_message(exc)) from exc
-            log.warning("download %s: attempt %d/%d failed (%s)", vid or target, attempt + 1, attempts,
-                        _clean_message(exc))
-    raise StageError(STAGE, last_vid, f"gave up after {attempts} attempts: {_clean_message(last_exc)}")
+        # 2. download into a staging folder next to raw_dir, then rename.
+        raw_dir = Path(catalog.artifact("raw_dir", vid))
+        video_dir = raw_dir.parent
+        created = not video_dir.exists()
+        video_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".raw.tmp-", dir=video_dir))
+        opts = ydl_options(params, archive=set(), logger=logger, outdir=staging, video_id=vid,
+                           caption=caption, cachedir=cachedir)
+        with yt_dlp.YoutubeDL(opts) as ydl:
+            done = ydl.process_ie_result(info, download=True)
+            archive_id = ydl._make_archive_id(done) if hasattr(ydl, "_make_archive_id") else _archive_id(done)
+        info_json = _check_and_describe(vid, staging, done, caption, source, target)
+        _install(catalog, vid, staging, info_json)
+        staging = None
+        _record_archive(catalog, archive_id or _archive_id(done))
+        size = (raw_dir / info_json["video_file"]).stat().st_size
+        return {"video_id": vid, "status": "downloaded", "source": source,
+                "caption_kind": caption.kind, "caption_lang": caption.lang,
+                "video_file": info_json["video_file"], "bytes": size}
+    except StageError:
+        if video_dir is not None:
+            _cleanup(staging, video_dir, created)
+        raise
+    except Exception as exc:  # yt-dlp's DownloadError and friends
+        if video_dir is not None:
+            _cleanup(staging, video_dir, created)
+        raise _download_error(vid, exc) from exc
 
 
 def _check_and_describe(video_id: str, staging: Path, done: dict[str, Any], caption: CaptionChoice,
@@ -476,11 +519,17 @@ def _check_and_describe(video_id: str, staging: Path, done: dict[str, Any], capt
     sub_file = Path(sub_path) if sub_path else staging / f"{video_id}.{caption.lang}.{caption.ext}"
     if not sub_file.is_file() or sub_file.stat().st_size == 0:
         raise StageError(STAGE, video_id, f"caption track {caption.lang} ({caption.kind}) was not written")
-    width, height = done.get("width"), done.get("height")
-    duration = done.get("duration")
-    if not (width and height) or not duration:
-        pw, ph, pd = probe_video(video)
-        width, height, duration = width or pw, height or ph, duration or pd
+    # The size comes from the file: a generic page states none, and a rotated
+    # (phone) video is decoded at its displayed size, which yt-dlp may not know.
+    width, height, duration = done.get("width"), done.get("height"), done.get("duration")
+    try:
+        probed = probe_video(video)
+    except VideoProbeError as e:
+        log.warning("download %s: %s", video_id, e)
+    else:
+        width, height = probed.width, probed.height
+        if not duration and probed.duration_s == probed.duration_s:  # not NaN
+            duration = probed.duration_s
     return {
         "id": video_id,
         "title": done.get("title"),
@@ -554,9 +603,12 @@ def import_local_video(catalog: Catalog, video_path: str | os.PathLike,
     caption_path = Path(caption_path)
     if not force and _finished(catalog, vid):
         return vid
-    width, height, duration = probe_video(video_path)
-    if not (width and height):
-        raise StageError(STAGE, vid, f"{video_path.name} has no readable video stream")
+    try:
+        probed = probe_video(video_path)
+    except VideoProbeError as e:
+        raise StageError(STAGE, vid, f"{video_path.name} has no readable video stream ({e})") from None
+    width, height = probed.width, probed.height
+    duration = probed.duration_s if probed.duration_s == probed.duration_s else None  # NaN: unknown
     raw_dir = Path(catalog.artifact("raw_dir", vid))
     video_dir = raw_dir.parent
     created = not video_dir.exists()
@@ -586,13 +638,20 @@ def import_local_video(catalog: Catalog, video_path: str | os.PathLike,
     return vid
 
 
-def import_local_folder(catalog: Catalog, folder: str | os.PathLike, *, strict: bool = False,
-                        failures: list[dict] | None = None) -> list[str]:
-    """Import every video of `folder` (see `scan_local_folder`); returns the ids
-    imported. A video that fails (no caption file, unreadable, an id clash) is
-    logged and skipped so the others go on, and appended to `failures` (as
-    {video_id, stage, error}) when a list is given; `strict=True` raises its StageError."""
-    imported: list[str] = []
+@dataclass
+class LocalImport:
+    """What `import_local_folder` did: the ids imported, and the videos that
+    could not be imported ({video_id, stage, error} each)."""
+
+    video_ids: list[str] = field(default_factory=list)
+    failures: list[dict] = field(default_factory=list)
+
+
+def import_local_folder(catalog: Catalog, folder: str | os.PathLike, *, strict: bool = False) -> LocalImport:
+    """Import every video of `folder` (see `scan_local_folder`). A video that fails
+    (no caption file, unreadable, an id clash) is logged and recorded in
+    `failures` so the others go on; `strict=True` raises its StageError instead."""
+    result = LocalImport()
     seen: dict[str, Path] = {}
     for item in scan_local_folder(folder):
         try:
@@ -600,11 +659,10 @@ def import_local_folder(catalog: Catalog, folder: str | os.PathLike, *, strict: 
                 raise StageError(STAGE, item.video_id, f"{item.video_path.name} and {seen[item.video_id].name} "
                                                        "map to the same video id")
             seen[item.video_id] = item.video_path
-            imported.append(import_local_video(catalog, item.video_path, item.caption_path, item.video_id))
+            result.video_ids.append(import_local_video(catalog, item.video_path, item.caption_path, item.video_id))
         except StageError as e:
             if strict:
                 raise
             log.warning("%s", e)
-            if failures is not None:
-                failures.append({"video_id": item.video_id, "stage": STAGE, "error": str(e)})
-    return imported
+            result.failures.append({"video_id": item.video_id, "stage": STAGE, "error": str(e)})
+    return result

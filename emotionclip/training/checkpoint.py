@@ -6,19 +6,29 @@ resumed run needs to continue exactly where the interrupted one stopped: grad
 scaler, epoch and position inside the epoch (the sampler's start), the RNG
 states of every rank and the training config. Only tensors, numbers, strings,
 lists and dicts go in, so `torch.load(weights_only=True)` reads it.
+`save_train_checkpoint` writes one from a run's `TrainState`, `resume` reads
+one back into a freshly set-up state.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from emotionclip.core.io import exists
+from emotionclip.training.distributed import all_gather_objects, barrier
+
+if TYPE_CHECKING:
+    from emotionclip.training.config import TrainConfig
+    from emotionclip.training.state import TrainState
+
+log = logging.getLogger(__name__)
 
 CKPT_DIR = "checkpoints"
 _STEP_RE = re.compile(r"^step-(?P<step>\d{9})\.pt$")
@@ -101,3 +111,70 @@ def prune_step_checkpoints(out_dir: str | Path, keep: int) -> None:
     for p in steps[: max(0, len(steps) - keep)]:
         fs, q = fsspec.core.url_to_fs(p)
         fs.rm(q)
+
+
+def find_resume(config: "TrainConfig") -> str | None:
+    """The checkpoint `config.resume` names: None (fresh start), a path, or "latest"
+    (the newest under out_dir; none yet: a fresh start)."""
+    if not config.resume:
+        return None
+    if config.resume == "latest":
+        return latest_checkpoint(config.out_dir)
+    return config.resume
+
+
+def load_train_checkpoint(path: str) -> dict[str, Any]:
+    from emotionclip.models.checkpoint import load_checkpoint
+
+    return load_checkpoint(path, map_location="cpu")
+
+
+def save_train_checkpoint(state: "TrainState", name: str) -> str:
+    """Write checkpoint `name` of the run as it is now and prune old step checkpoints.
+    Every rank calls it (the RNG states are gathered); rank 0 writes. Returns the path."""
+    cfg, info = state.config, state.info
+    rng = all_gather_objects(rng_state())
+    path = f"{checkpoint_dir(cfg.out_dir)}/{name}"
+    if info.is_main:
+        from emotionclip.models import save_checkpoint
+
+        at_end = state.epoch_finished  # a resumed run starts the next epoch
+        extra = {
+            "epoch": state.epoch + 1 if at_end else state.epoch,
+            "step_in_epoch": 0 if at_end else state.step_in_epoch,
+            "scaler": state.scaler.state_dict() if state.scaler.is_enabled() else {},
+            "rng": rng,
+            "world_size": info.world_size,
+            "train_config": cfg.model_dump(mode="json"),
+        }
+        save_checkpoint(path, state.model, optimizer=state.optimizer, scheduler=state.scheduler, step=state.step,
+                        extra=extra)
+        prune_step_checkpoints(cfg.out_dir, cfg.keep_checkpoints)
+    barrier()
+    state.last_checkpoint = path
+    return path
+
+
+def resume(state: "TrainState", path: str) -> None:
+    """Load checkpoint `path` into a freshly set-up `state`: weights, optimizer,
+    schedule, grad scaler, step, epoch and position in it, and this rank's RNG
+    streams (re-seeded when the world size changed)."""
+    ck = load_train_checkpoint(path)
+    state.model.load_state_dict(ck["model"])
+    state.optimizer.load_state_dict(ck["optimizer"])
+    state.scheduler.load_state_dict(ck["scheduler"])
+    extra = ck["extra"]
+    if extra.get("scaler"):
+        state.scaler.load_state_dict(extra["scaler"])
+    state.step, state.epoch, state.step_in_epoch = int(ck["step"]), int(extra["epoch"]), int(extra["step_in_epoch"])
+    state.last_checkpoint = path
+    info = state.info
+    rngs = extra.get("rng") or []
+    if len(rngs) == info.world_size:
+        set_rng_state(rngs[info.rank])
+    else:  # another world size: the order stays exact, dropout masks do not
+        log.warning("resuming on %d ranks from a %d-rank checkpoint: RNG streams re-seeded",
+                    info.world_size, len(rngs))
+        torch.manual_seed(state.config.seed + info.rank + state.step)
+    log.info("resumed from %s at step %d (epoch %d, step %d of it)", path, state.step, state.epoch,
+             state.step_in_epoch)

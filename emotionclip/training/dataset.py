@@ -2,13 +2,14 @@
 
 Per clip (appendix B.2): `num_frames` frame indices from `frame_start..frame_end`
 (training: drawn without replacement and sorted; evaluation: uniformly
-spaced; fewer frames than needed: every frame plus repeats), each frame resized
-so its smaller edge is `resize` and cropped to `image_size` (training: a random
-crop per frame, as the authors' loader; evaluation: the centre), the subject
-mask (union of the frame's person boxes with conf > `box_conf`) under the same
-crop, the tokenized sentence and the 7 raw sentiment logits. Sizes, the box
-threshold and the normalisation come from the model's `PreprocessConfig`;
-the geometry helpers are `emotionclip.models.transforms`'.
+spaced; fewer frames than needed: every frame plus repeats), then the frames
+and subject masks exactly as `emotionclip.models.transforms` makes them (the
+one preprocessing implementation, shared with evaluation): each frame resized
+so its smaller edge is `resize` and cropped to `crop` (training: a random crop
+per frame, as the authors' loader; evaluation: the centre), the subject mask
+(union of the frame's person boxes with conf > `box_conf_threshold`) under the
+same crop; plus the tokenized sentence and the 7 raw sentiment logits. Sizes,
+the box threshold and the normalisation come from the model's `PreprocessConfig`.
 
 Frames stay uint8 here; the trainer normalises on the device (4x less data
 through worker shared memory, no float work in the workers). Every random
@@ -18,16 +19,13 @@ the same whatever worker or rank loads it, and after a resume.
 
 from __future__ import annotations
 
-import functools
-import io
 import logging
 import os
 import threading
-import warnings
 import weakref
 from collections import OrderedDict
 from collections.abc import Sequence as SequenceABC
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -35,8 +33,17 @@ import torch
 from torch.utils.data import Dataset
 
 from emotionclip.core.errors import StageError
-from emotionclip.models.transforms import PreprocessConfig, resized_size
 from emotionclip.core.schemas import LOGIT_COLUMNS
+from emotionclip.models.transforms import (
+    PreprocessConfig,
+    SubjectBoxes,
+    crop_frames,
+    load_frame,
+    mask_boxes,
+    normalize_frames,  # noqa: F401 - re-exported: the training loop imports it from here
+    rasterize_mask_boxes,
+    subject_masks,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,136 +63,6 @@ def sample_frame_indices(start: int, end: int, num: int, train: bool, rng: np.ra
     else:  # every frame once, the rest repeated at random
         picked = np.concatenate([np.arange(n), rng.choice(n, size=num - n, replace=True)])
     return np.sort(picked).astype(np.int64) + start
-
-
-def crop_box(width: int, height: int, size: int, train: bool, rng: np.random.Generator) -> tuple[int, int]:
-    """(left, top) of a `size` crop: uniform at random in training, centred otherwise
-    (torchvision's RandomCrop / CenterCrop conventions)."""
-    if width < size or height < size:
-        raise ValueError(f"frame {width}x{height} is smaller than the {size} crop")
-    if train:
-        return int(rng.integers(0, width - size + 1)), int(rng.integers(0, height - size + 1))
-    return int(round((width - size) / 2.0)), int(round((height - size) / 2.0))
-
-
-@functools.lru_cache(maxsize=1)
-def _torchvision_decoder() -> Callable[[bytes], torch.Tensor] | None:
-    try:
-        with warnings.catch_warnings():
-            # deprecated in favour of TorchCodec from torchvision 0.29; PIL is the fallback
-            warnings.simplefilter("ignore", DeprecationWarning)
-            from torchvision.io import ImageReadMode, decode_jpeg
-    except ImportError:
-        return None
-
-    def decode(jpeg: bytes) -> torch.Tensor:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            return decode_jpeg(torch.frombuffer(bytearray(jpeg), dtype=torch.uint8), mode=ImageReadMode.RGB)
-
-    return decode
-
-
-def decode_frame(jpeg: bytes) -> torch.Tensor:
-    """A stored JPEG -> uint8 [3, H, W] RGB. libjpeg-turbo via torchvision decodes
-    straight into a tensor (half the loader's time against PIL + numpy copies);
-    PIL when torchvision's decoder is gone."""
-    decode = _torchvision_decoder()
-    if decode is not None:
-        return decode(jpeg)
-    from PIL import Image
-
-    with Image.open(io.BytesIO(jpeg)) as im:
-        return torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1).contiguous()
-
-
-def resize_frame(img: torch.Tensor, width: int, height: int, interpolation: str) -> torch.Tensor:
-    """uint8 [3, H, W] -> [3, height, width] (antialiased, like PIL)."""
-    from torchvision.transforms.v2 import InterpolationMode
-    from torchvision.transforms.v2.functional import resize
-
-    mode = InterpolationMode.BICUBIC if interpolation == "bicubic" else InterpolationMode.BILINEAR
-    return resize(img, [height, width], interpolation=mode, antialias=True)
-
-
-def crop_box_ranges(boxes: np.ndarray, width: int, height: int, left: int, top: int, size: int) -> np.ndarray:
-    """Each box's pixel rectangle inside a `size` crop at (left, top) of a `width` x
-    `height` frame: int32 [K, 4] = (row0, row1, col0, col1), half-open, empty boxes
-    dropped. A pixel belongs to a box when its centre lies inside it, in float32 as
-    `boxes_to_mask` (one frame's case of `box_crop_ranges`)."""
-    b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-    r = box_crop_ranges(b, np.tile(np.asarray([width, height, left, top], np.int64), (len(b), 1)), size)
-    return r[(r[:, 1] > r[:, 0]) & (r[:, 3] > r[:, 2])]
-
-
-@functools.lru_cache(maxsize=16)
-def _pixel_centres(n: int) -> np.ndarray:
-    """float32 centres (k + 0.5) / n of a frame's n pixels along one axis, the
-    values `crop_box_ranges` compares against (read-only: shared by the cache)."""
-    c = (np.arange(n, dtype=np.float32) + np.float32(0.5)) / np.float32(n)
-    c.flags.writeable = False
-    return c
-
-
-def frame_boxes(boxes: np.ndarray, frame_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Which `boxes` ([K, 5+]: frame_idx, x1, y1, x2, y2, ...) lie on which of the
-    frames `frame_idx` [T]: (t, box row) pairs, in frame order then box order."""
-    return np.nonzero(np.asarray(frame_idx)[:, None] == boxes[:, 0][None, :])
-
-
-def box_crop_ranges(boxes: np.ndarray, geometry: np.ndarray, size: int) -> np.ndarray:
-    """`crop_box_ranges` for many (box, frame) pairs at once, empty ones kept:
-    box r (float32 x1, y1, x2, y2) on a frame of `geometry[r]` = (width, height,
-    left, top of the crop) -> int32 [R, 4] (row0, row1, col0, col1). Pixel
-    centres are sorted, so a crop's count of centres below a value is the whole
-    frame's count minus the crop origin, clipped to [0, size]: one searchsorted
-    per frame size serves every pair (numpy calls per frame cost more than the
-    rest of the loader's Python work)."""
-    b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-    g = np.asarray(geometry, dtype=np.int64).reshape(-1, 4)
-    full = np.empty((len(b), 4), np.int64)  # row0, row1, col0, col1 in whole-frame pixels
-    if len(b):
-        for out, sizes, cols in ((slice(0, 2), g[:, 1], [1, 3]), (slice(2, 4), g[:, 0], [0, 2])):
-            if sizes.min() == sizes.max():  # the usual case: one frame size
-                full[:, out] = np.searchsorted(_pixel_centres(int(sizes[0])), b[:, cols], "left")
-                continue
-            for n in np.unique(sizes):
-                sel = sizes == n
-                full[sel, out] = np.searchsorted(_pixel_centres(int(n)), b[sel][:, cols], "left")
-    full -= g[:, [3, 3, 2, 2]]
-    return np.clip(full, 0, size).astype(np.int32)
-
-
-def fill_ranges(mask: np.ndarray, ranges: np.ndarray) -> np.ndarray:
-    """Set the (row0, row1, col0, col1) rectangles of `ranges` to 1 in `mask` [S, S]."""
-    for r0, r1, c0, c1 in ranges:
-        mask[r0:r1, c0:c1] = 1
-    return mask
-
-
-def cropped_boxes_mask(boxes: np.ndarray, width: int, height: int, left: int, top: int, size: int) -> np.ndarray:
-    """`boxes_to_mask(boxes, None, height, width)[top:top+size, left:left+size]`,
-    computed for the crop window only (the full-frame mask costs more than the
-    JPEG decode). Same rule and float32 arithmetic: a pixel belongs to a box when
-    its centre lies inside it."""
-    return fill_ranges(np.zeros((size, size), dtype=np.uint8), crop_box_ranges(boxes, width, height, left, top, size))
-
-
-def rasterize_mask_boxes(mask_boxes: torch.Tensor, batch: int, frames: int, size: int,
-                         device: torch.device | str | None = None) -> torch.Tensor:
-    """The subject masks of a batch from `collate_clips`' "mask_boxes" (int32 [N, 6]:
-    sample, frame, row0, row1, col0, col1) -> uint8 [batch, frames, size, size], on
-    `device`. A 2-D difference array (+1/-1 at each rectangle's corners, two
-    cumulative sums) paints every rectangle at once; > 0 is their union."""
-    device = torch.device(device) if device is not None else mask_boxes.device
-    mb = mask_boxes.to(device=device, dtype=torch.long)
-    diff = torch.zeros(batch, frames, size + 1, size + 1, dtype=torch.int32, device=device)
-    if len(mb):
-        b, t, r0, r1, c0, c1 = mb.unbind(1)
-        one = torch.ones(len(mb), dtype=torch.int32, device=device)
-        for rr, cc, sign in ((r0, c0, 1), (r0, c1, -1), (r1, c0, -1), (r1, c1, 1)):
-            diff.index_put_((b, t, rr, cc), one * sign, accumulate=True)
-    return (diff.cumsum(2).cumsum(3)[:, :, :size, :size] > 0).to(torch.uint8)
 
 
 class _Boxes:
@@ -292,7 +169,7 @@ class ClipDataset(Dataset):
     def _rng(self, index: int, attempt: int = 0) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.epoch, index, attempt])
 
-    def _fetch(self, index: int, frames_out: np.ndarray, hwc: bool) -> tuple[int, np.ndarray, "_ClipBoxes"]:
+    def _fetch(self, index: int, frames_out: np.ndarray, hwc: bool) -> tuple[int, np.ndarray, SubjectBoxes]:
         """Clip `index` (or its replacement) into `frames_out`; returns (row loaded,
         frame indices, its subject boxes per frame)."""
         tried = index
@@ -325,14 +202,10 @@ class ClipDataset(Dataset):
         idx, boxes = self._load_into(i, rng, frames, hwc=False)
         return self._sample(i, idx, frames, boxes)
 
-    def _sample(self, i: int, idx: np.ndarray, frames: np.ndarray, boxes: "_ClipBoxes") -> dict[str, torch.Tensor]:
-        s = self.preprocess.crop
-        masks = np.zeros((self.num_frames, s, s), dtype=np.uint8)
-        for t, (r0, r1, c0, c1) in zip(boxes.t_of, box_crop_ranges(boxes.xyxy, boxes.geometry, s)):
-            masks[t, r0:r1, c0:c1] = 1
+    def _sample(self, i: int, idx: np.ndarray, frames: np.ndarray, boxes: SubjectBoxes) -> dict[str, torch.Tensor]:
         return {
             "frames": torch.from_numpy(frames),
-            "masks": torch.from_numpy(masks),
+            "masks": subject_masks(boxes, self.num_frames, self.preprocess.crop),
             "tokens": self.tokenizer([self.texts[i]])[0].long(),
             "sentiment": torch.from_numpy(self.logits[i].copy()),
             "frame_idx": torch.from_numpy(idx),
@@ -361,7 +234,7 @@ class ClipDataset(Dataset):
             rows_np = np.asarray(rows, dtype=np.int64)
             batch = {
                 "frames": hwc.permute(0, 1, 4, 2, 3),  # [B, T, 3, S, S] view of the HWC buffer
-                "mask_boxes": torch.from_numpy(_mask_boxes(clips, s)),
+                "mask_boxes": torch.from_numpy(mask_boxes(clips, s)),
                 "tokens": self.tokenizer([self.texts[i] for i in rows]).long(),
                 "sentiment": torch.from_numpy(self.logits[rows_np]),
                 "frame_idx": torch.from_numpy(np.stack(fidx)),
@@ -374,60 +247,22 @@ class ClipDataset(Dataset):
         return ClipBatch(batch, s, lease)
 
     def _load_into(self, i: int, rng: np.random.Generator, out: np.ndarray,
-                   hwc: bool) -> tuple[np.ndarray, "_ClipBoxes"]:
+                   hwc: bool) -> tuple[np.ndarray, SubjectBoxes]:
         """Frames of clip `i` into `out` ([T, 3, S, S], or [T, S, S, 3] when `hwc`);
         returns the frame indices and the clip's subject boxes on them."""
         idx = sample_frame_indices(int(self.frame_start[i]), int(self.frame_end[i]), self.num_frames, self.train, rng)
         store = self._store(self.video_ids[i])
         cfg = self.preprocess
-        s = cfg.crop
         ids = idx.tolist()
-        views: dict[int, tuple[int, int, np.ndarray]] = {}  # each distinct frame decoded once
+        views: dict[int, np.ndarray] = {}  # each distinct frame decoded once
         for k in ids:
-            if k in views:
-                continue
-            arr = decode_frame(store.read_bytes(k)).numpy()
-            h0, w0 = arr.shape[1:]
-            w, h = resized_size(w0, h0, cfg.resize)
-            if (w, h) != (w0, h0):  # stored frames are already at 256: usually a no-op
-                arr = resize_frame(torch.from_numpy(arr), w, h, cfg.interpolation).numpy()
-            # numpy for the per-frame copies: single-threaded, no OpenMP hand-off per small copy;
-            # the decoder's tensor is an HWC buffer seen as CHW, so the HWC copy moves whole rows
-            views[k] = (w, h, arr.transpose(1, 2, 0) if hwc else arr)
-        geometry = []  # width, height, left, top of each frame's crop
-        for t, k in enumerate(ids):
-            w, h, arr = views[k]
-            left, top = crop_box(w, h, s, self.train, rng)
-            out[t] = arr[top:top + s, left:left + s] if hwc else arr[:, top:top + s, left:left + s]
-            geometry.append((w, h, left, top))
-        boxes = self.boxes.clip(i)
-        boxes = boxes[boxes[:, 5] > cfg.box_conf_threshold]
-        t_of, k_of = frame_boxes(boxes, idx)
-        # the rectangles come later, for a whole batch at once (`box_crop_ranges`)
-        return idx, _ClipBoxes(t_of, boxes[k_of, 1:5], np.asarray(geometry, dtype=np.int64).reshape(-1, 4)[t_of])
-
-
-class _ClipBoxes(NamedTuple):
-    """A loaded clip's subject boxes: frame t of each, normalised x1, y1, x2, y2
-    (float32 [R, 4]) and that frame's (width, height, left, top) (int64 [R, 4])."""
-
-    t_of: np.ndarray
-    xyxy: np.ndarray
-    geometry: np.ndarray
-
-
-def _mask_boxes(clips: Sequence[_ClipBoxes], size: int) -> np.ndarray:
-    """`collate_clips`' "mask_boxes" (int32 [N, 6]: sample, frame, row0, row1,
-    col0, col1; empty rectangles dropped) of a batch's clips."""
-    counts = [len(c.t_of) for c in clips]
-    if not sum(counts):
-        return np.zeros((0, 6), np.int32)
-    ranges = box_crop_ranges(np.concatenate([c.xyxy for c in clips]),
-                             np.concatenate([c.geometry for c in clips]), size)
-    sample = np.repeat(np.arange(len(clips), dtype=np.int32), counts)
-    frame = np.concatenate([c.t_of for c in clips]).astype(np.int32)
-    out = np.concatenate([sample[:, None], frame[:, None], ranges], 1)
-    return out[(ranges[:, 1] > ranges[:, 0]) & (ranges[:, 3] > ranges[:, 2])]
+            if k not in views:
+                arr = load_frame(store.read_bytes(k), cfg).numpy()
+                # the decoder's tensor is an HWC buffer seen as CHW: the HWC copy moves whole rows
+                views[k] = arr.transpose(1, 2, 0) if hwc else arr
+        geometry = crop_frames([views[k] for k in ids], cfg.crop, self.train, rng, out, hwc)
+        # the rectangles come later, for a whole batch at once (`mask_boxes`)
+        return idx, SubjectBoxes.from_rows(self.boxes.clip(i), idx, geometry, cfg.box_conf_threshold)
 
 
 class _Lease:
@@ -642,11 +477,3 @@ def batch_masks(batch: dict[str, torch.Tensor], device: torch.device | str | Non
         return batch["masks"].to(device) if device is not None else batch["masks"]
     b, t, _, s, _ = batch["frames"].shape
     return rasterize_mask_boxes(batch["mask_boxes"], b, t, s, device)
-
-
-def normalize_frames(frames: torch.Tensor, mean: Sequence[float], std: Sequence[float],
-                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """uint8 [..., 3, H, W] -> normalised float (done on the training device)."""
-    m = torch.tensor(mean, device=frames.device, dtype=dtype).view(3, 1, 1)
-    sd = torch.tensor(std, device=frames.device, dtype=dtype).view(3, 1, 1)
-    return (frames.to(dtype) / 255.0 - m) / sd

@@ -15,11 +15,31 @@ import logging
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from emotionclip.training.config import TrainConfig
 
+if TYPE_CHECKING:
+    from emotionclip.training.state import TrainResult
+
 CONFIG_FILE = "train_config.json"
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """How `run_training` ended. `returncode`: 0 = finished (in this process always 0:
+    a failure raises); `result`: the TrainResult of an in-process run, None under
+    torchrun (the ranks' results stay in their processes; the checkpoints and
+    metrics files under out_dir tell what they did)."""
+
+    returncode: int
+    result: TrainResult | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
 
 
 def write_config(config: TrainConfig) -> Path:
@@ -41,16 +61,16 @@ def torchrun_command(config_path: str | os.PathLike, nproc: int) -> list[str]:
             "-m", "emotionclip.training.launch", "--config", str(config_path)]
 
 
-def run_training(config: TrainConfig, nproc: int = 1, env: dict[str, str] | None = None) -> int | object:
-    """Train in this process (nproc <= 1; returns the TrainResult) or under
-    torchrun with `nproc` processes on this node (returns torchrun's exit code)."""
+def run_training(config: TrainConfig, nproc: int = 1, env: dict[str, str] | None = None) -> RunOutcome:
+    """Train in this process (nproc <= 1; exceptions propagate) or under torchrun
+    with `nproc` processes on this node (its exit code in the outcome)."""
     if nproc <= 1:
         from emotionclip.training.loop import train
 
-        return train(config)
+        return RunOutcome(returncode=0, result=train(config))
     path = write_config(config)
     proc = subprocess.run(torchrun_command(path, nproc), env={**os.environ, **(env or {})})
-    return proc.returncode
+    return RunOutcome(returncode=proc.returncode)
 
 
 def main(argv: list[str] | None = None) -> int:

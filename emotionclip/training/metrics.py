@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 METRICS_FILE = "metrics.jsonl"
 EPOCHS_FILE = "epochs.jsonl"
@@ -42,6 +43,40 @@ def truncate_after(path: str | os.PathLike, step: int) -> None:
         tmp = p.with_name(p.name + ".tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
         os.replace(tmp, p)
+
+
+class Throughput:
+    """Clips trained and seconds spent waiting for data since `reset()` (one log
+    window, or one epoch), as rates over the wall time since then."""
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.clock = clock
+        self.reset()
+
+    def reset(self) -> None:
+        self.clips, self.wait_s, self.t0 = 0, 0.0, self.clock()
+
+    def add(self, clips: int, wait_s: float) -> None:
+        self.clips += clips
+        self.wait_s += wait_s
+
+    def rates(self) -> dict[str, float | None]:
+        el = self.clock() - self.t0
+        return {"clips_per_s": self.clips / el if el > 0 else None,
+                "data_wait_frac": self.wait_s / el if el > 0 else None}
+
+
+def step_row(step: int, epoch: int, loss: float, lr: dict[str, float], logit_scale: float,
+             window: Throughput) -> dict[str, Any]:
+    """A `metrics.jsonl` line; `logit_scale` is the multiplier (1/tau), not its log."""
+    return {"step": step, "epoch": epoch, "loss": loss, "lr": lr, "logit_scale": logit_scale, **window.rates()}
+
+
+def epoch_row(epoch: int, step: int, losses: Sequence[float], meter: Throughput,
+              checkpoint: str | None) -> dict[str, Any]:
+    """An `epochs.jsonl` line (the probe's result is added by the caller)."""
+    return {"epoch": epoch, "step": step, "loss": sum(losses) / len(losses) if losses else None,
+            **meter.rates(), "checkpoint": checkpoint}
 
 
 class MetricsLogger:

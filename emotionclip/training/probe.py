@@ -10,6 +10,7 @@ videos are cached once under `OUT/probe/cache/work` and reused every epoch.
 from __future__ import annotations
 
 import contextlib
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,9 @@ import torch
 
 from emotionclip.training import checkpoint as ckpt
 from emotionclip.training.config import TrainConfig
+from emotionclip.training.distributed import barrier
+
+log = logging.getLogger(__name__)
 
 PROBE_DIR = "probe"
 
@@ -62,3 +66,17 @@ def run_epoch_probe(model: Any, config: TrainConfig, epoch: int, step: int, devi
     values = {f"{r['split']}/{r['metric']}": float(r["value"]) for r in summary["rows"]}
     return {"dataset": summary["dataset"], "metrics": values, "results": summary["paths"]["parquet"],
             "skipped": sum(len(f["skipped"]) for f in summary["features"].values())}
+
+
+def probe_epoch_end(model: Any, config: TrainConfig, epoch: int, step: int, device: torch.device,
+                    is_main: bool) -> dict[str, Any] | None:
+    """The probe of the epoch that just finished when it is due: rank 0 runs it, the
+    other ranks wait. None when not due, and on the other ranks."""
+    if not probe_due(config, epoch):
+        return None
+    result = None
+    if is_main:  # the bare model: no collective inside; the others wait below
+        result = run_epoch_probe(model, config, epoch, step, device)
+        log.info("epoch %d probe on %s: %s", epoch, config.probe_dataset, result["metrics"])
+    barrier()
+    return result

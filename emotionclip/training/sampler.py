@@ -19,7 +19,9 @@ class ResumableSampler(Sampler[int]):
     Like `DistributedSampler(drop_last=True)`: every rank gets
     `len(dataset) // num_replicas` indices, rank r takes positions r, r+R, ...
     of the epoch's permutation. `set_epoch(epoch, start=k)` makes the next
-    iteration begin at this rank's k-th index.
+    iteration begin at this rank's k-th index. A DataLoader iterates its sampler
+    in the main process, so one loader serves the whole run: `set_epoch` before
+    each `iter(loader)` is enough, whatever its workers.
     """
 
     def __init__(self, num_samples: int, *, num_replicas: int = 1, rank: int = 0,

@@ -6,7 +6,7 @@ overlaid with a colormap), then the same for the CLS token. The subject (the
 person mask the model was given) is outlined on every panel.
 
     from emotionclip.viz import clip_inputs, plot_attention_grid
-    from emotionclip.models.attention import attention_maps
+    from emotionclip.models import attention_maps, normalize_frames
     frames, masks = clip_inputs(model, "data/manifests", "vid0:3", catalog)
     x = normalize_frames(frames, model.preprocess_cfg.mean, model.preprocess_cfg.std)
     plot_attention_grid(frames, masks, attention_maps(model, x, masks, (1, 2, 3, 4)), "fig5.png")
@@ -210,7 +210,7 @@ def plot_clip_attention(
     layers: 1-based numbers or a spec such as "1-4". Returns the maps drawn."""
     from emotionclip.models import frame_encoder as fe
     from emotionclip.models.attention import attention_maps, parse_layers
-    from emotionclip.training.dataset import normalize_frames
+    from emotionclip.models.transforms import normalize_frames
 
     if model.subject_mode == "vanilla":
         raise ValueError("attention maps need an HMN token: subject_mode sap or saam, not vanilla")

@@ -13,6 +13,10 @@ class StageError(RuntimeError):
         where = f"video {video_id}" if video_id else "run"
         super().__init__(f"[{stage}] {where}: {message}")
 
+    def __reduce__(self):
+        # rebuilt from its fields: the process and Dask task runners send errors between processes
+        return (type(self), (self.stage, self.video_id, self.message))
+
 
 class ModelNotAvailable(RuntimeError):
     """Model weights are not available offline; the message says how to fetch them."""

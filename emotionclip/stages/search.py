@@ -68,6 +68,9 @@ class SearchError(StageError):
     def __init__(self, message: str):
         super().__init__(STAGE, None, message)
 
+    def __reduce__(self):
+        return (type(self), (self.message,))
+
 
 @dataclass
 class Candidate:

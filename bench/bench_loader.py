@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from emotionclip.stages.frames import FrameStore  # noqa: E402
+from emotionclip.core.frame_store import FrameStore  # noqa: E402
 from emotionclip.models import TINY_MODEL_NAME, get_tokenizer  # noqa: E402
 from emotionclip.models.transforms import decode_frame  # noqa: E402
 from emotionclip.training.dataset import ClipDataset, collate_clips, sample_frame_indices  # noqa: E402

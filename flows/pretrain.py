@@ -98,7 +98,7 @@ def _report(config: TrainConfig, summary: dict[str, Any]) -> None:
         markdown=(f"## EmotionCLIP checkpoint\n\n[{ckpt}]({link})\n\n"
                   f"- preset: `{config.preset}`\n- ablation: `{config.ablation or 'none'}`\n- step: {summary.get('step')}\n- loss: {summary.get('loss')}\n"
                   f"- metrics: `{out / METRICS_FILE}`, TensorBoard: `{out / 'tensorboard'}`\n\n"
-                  f"Load with `EmotionCLIP.load(path)`; resume with `emotionclip train ... --resume latest`."),
+                  f"Load with `emotionclip.models.load_model(path)`; resume with `emotionclip train ... --resume latest`."),
         description="Latest checkpoint")
 
 

@@ -20,7 +20,8 @@ from PIL import Image
 from emotionclip.core.catalog import load_catalog
 from emotionclip.core.errors import StageError
 from emotionclip.core.ffmpeg import ffmpeg_exe, probe_video, run_ffmpeg
-from emotionclip.stages.frames import FrameError, FrameStore, extract_frames, iter_frames, run_frames
+from emotionclip.core.frame_store import FrameStore
+from emotionclip.stages.frames import FrameError, extract_frames, iter_frames, run_frames
 from emotionclip.sample import make_test_video
 
 

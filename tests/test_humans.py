@@ -197,7 +197,8 @@ def _add_video(cat, vid: str, duration_s: float = 1.5) -> Path:
 
 
 def test_run_humans_on_a_generated_video(tmp_path, models_dir):
-    from emotionclip.stages.frames import FrameStore, run_frames
+    from emotionclip.core.frame_store import FrameStore
+    from emotionclip.stages.frames import run_frames
 
     cat = _catalog(tmp_path, models_dir)
     _add_video(cat, "vid_a")

@@ -25,7 +25,7 @@ from emotionclip.models.transforms import (
     rasterize_mask_boxes,
     subject_masks,
 )
-from emotionclip.stages.frames import FrameStore
+from emotionclip.core.frame_store import FrameStore
 from emotionclip.training.dataset import ClipDataset, sample_frame_indices
 from training_data import make_corpus
 

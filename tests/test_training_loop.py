@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from emotionclip.core.manifest_store import read_manifests
-from emotionclip.models import TINY_MODEL_NAME, EmotionCLIP, get_tokenizer, load_checkpoint
+from emotionclip.models import TINY_MODEL_NAME, get_tokenizer, load_checkpoint, load_model
 from emotionclip.training.dataset import ClipDataset
 from emotionclip.training import checkpoint as ckpt
 from emotionclip.training.config import make_config
@@ -80,8 +80,8 @@ def test_checkpoints_metrics_and_schedule(corpus, tmp_path):
     epochs = read_jsonl(tmp_path / "epochs.jsonl")
     assert [e["epoch"] for e in epochs] == [0, 1] and epochs[1]["checkpoint"].endswith("epoch-0001-step-000000004.pt")
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tensorboard"))
-    # the final checkpoint is a model checkpoint: EmotionCLIP.load reads it (weights_only)
-    model = EmotionCLIP.load(result.checkpoint)
+    # the final checkpoint is a model checkpoint: load_model reads it (weights_only)
+    model = load_model(result.checkpoint)
     assert float(model.logit_scale.detach()) <= cfg.logit_scale_max + 1e-6
 
 
@@ -195,7 +195,8 @@ def test_gradient_accumulation_sums_the_micro_batch_gradients(corpus, tmp_path):
     """batch 4 as 2 micro-batches of 2: one optimizer step on the mean of the two
     micro-batches' loss gradients, reproduced here by hand from the same parts."""
     from emotionclip.models import SentimentGuidedLoss
-    from emotionclip.training.dataset import batch_masks, collate_clips, normalize_frames
+    from emotionclip.models.transforms import normalize_frames
+    from emotionclip.training.dataset import batch_masks, collate_clips
     from emotionclip.training.loop import build_dataset
     from emotionclip.training.optim import build_optimizer, build_scheduler, clamp_logit_scale
     from emotionclip.training.sampler import ResumableSampler

@@ -58,9 +58,9 @@ def test_probe_every_epoch_on_the_live_model(corpus, tmp_path):
     fps = [pd.read_parquet(e["probe"]["results"])["model_fingerprint"].iloc[0] for e in epochs]
     assert fps[0] != fps[1]
     from emotionclip.evaluation.features import model_fingerprint
-    from emotionclip.models import EmotionCLIP
+    from emotionclip.models import load_model
 
-    last = EmotionCLIP.load(result.checkpoint)
+    last = load_model(result.checkpoint)
     assert model_fingerprint(last)[:16] == fps[1]
     assert {"probe/bold/val/mAP", "probe/bold/val/R2", "epoch/loss"} <= _tb_tags(tmp_path / "probed" / "tensorboard")
     # step lines stay step lines (readers expect a loss on every one)

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     import torch
 
     from emotionclip.models.transforms import ClipPreprocessor
-    from emotionclip.stages.frames import FrameStore
+    from emotionclip.core.frame_store import FrameStore
 
 # 2: frames prepared by the training loader's path (torchvision decode and resize, not PIL)
 FEATURES_VERSION = 2
@@ -193,7 +193,8 @@ class _Videos:
         return self._probe[media]
 
     def store(self, media: str):
-        from emotionclip.stages.frames import FrameStore, extract_frames
+        from emotionclip.core.frame_store import FrameStore
+        from emotionclip.stages.frames import extract_frames
 
         path = self.work_dir / "frames" / f"{self._stem(media)}-{self.cfg.fps}-{self.cfg.short_edge}.zip"
         if not path.is_file():

@@ -166,7 +166,7 @@ def _example_frame(catalog: Any, clip: pd.Series) -> tuple[np.ndarray | None, in
     """The clip's middle frame from its video's frame store (None if unavailable)."""
     k = int((int(clip["frame_start"]) + int(clip["frame_end"])) // 2)
     try:
-        from emotionclip.stages.frames import FrameStore
+        from emotionclip.core.frame_store import FrameStore
 
         store = FrameStore(catalog.artifact("frames", clip["video_id"]))
         return np.asarray(store[k].convert("RGB")), k

@@ -111,7 +111,7 @@ def _n_frames(catalog: Any, video_id: str, det_meta: dict[str, str]) -> int:
         known.append(int(det_meta["n_frames"]))
     frames_path = catalog.artifact("frames", video_id)
     if exists(frames_path):
-        from emotionclip.stages.frames import FrameStore
+        from emotionclip.core.frame_store import FrameStore
 
         known.append(len(FrameStore(frames_path)))
     if not known:

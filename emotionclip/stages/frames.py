@@ -15,26 +15,22 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import subprocess
 import tempfile
-import threading
-import zipfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 from PIL import Image
 
 from emotionclip.core.ffmpeg import FFmpegError, ffmpeg_exe, probe_video, stderr_tail
+from emotionclip.core.frame_store import FrameStoreWriter
 
 FPS = 8  # paper: frames sampled at 8 FPS
 SHORT_EDGE = 256  # paper: smaller edge resized to 256, aspect kept
 JPEG_QUALITY = 3  # ffmpeg -q:v (2 best .. 31 worst); visually lossless at 256 px
-FORMAT = "emotionclip-frames/1"
 
-_ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed member dates: identical input -> identical file
 _CHUNK = 1 << 20
 
 
@@ -200,11 +196,11 @@ def extract_frames(
     with atomic_path(out_path) as tmp:
         ff = _Ffmpeg(jpeg_ffmpeg_args(video_path, fps, short_edge, jpeg_quality))
         try:
-            with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+            with FrameStoreWriter(tmp) as store:
                 for jpeg in _iter_jpegs(ff.stdout):
                     if n == 0:
                         width, height = _jpeg_size(jpeg)
-                    zf.writestr(zipfile.ZipInfo(f"{n:06d}.jpg", date_time=_ZIP_DATE), jpeg)
+                    store.add(jpeg)
                     n += 1
                 rc, log = ff.finish()
                 if rc != 0:
@@ -212,9 +208,8 @@ def extract_frames(
                 _check_complete(video_path, n, fps, info.duration_s, min_coverage)
                 summary = {"n_frames": n, "width": width, "height": height,
                            "duration_s": info.duration_s, "fps": fps}
-                meta = {"format": FORMAT, **summary, "short_edge": short_edge,
-                        "jpeg_quality": jpeg_quality, **(metadata or {})}
-                zf.comment = json.dumps(meta, sort_keys=True).encode()
+                store.metadata = {**summary, "short_edge": short_edge, "jpeg_quality": jpeg_quality,
+                                  **(metadata or {})}
         finally:
             ff.close()
     return summary
@@ -262,129 +257,6 @@ def iter_frames(video_path: str | os.PathLike, fps: int = FPS) -> Iterator[np.nd
             raise FrameError(f"{video_path}: no frames could be decoded")
     finally:
         ff.close()
-
-
-# -- reading ------------------------------------------------------------------
-
-class FrameStore:
-    """Random access to a frames file: `len(store)`, `store[k]` -> PIL RGB image of
-    the frame at k/fps s, `store.get_many(indices)`, `store.size` -> (width, height).
-
-    Works on local paths and fsspec URLs: only the zip directory and the asked
-    members are read. Picklable (for DataLoader workers): each process opens its
-    own handle lazily."""
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = os.fspath(path) if not isinstance(path, str) else path
-        self._zf: zipfile.ZipFile | None = None
-        self._fh = None
-        self._pid: int | None = None
-        self._lock = threading.Lock()
-        zf = self._zip()
-        infos = {}
-        for zi in zf.infolist():
-            stem, _, ext = zi.filename.partition(".")
-            if ext != "jpg" or not stem.isdigit():
-                raise ValueError(f"{self.path}: not a frame store (member {zi.filename!r})")
-            infos[int(stem)] = zi
-        if sorted(infos) != list(range(len(infos))):
-            raise ValueError(f"{self.path}: frame indices are not 0..{len(infos) - 1}")
-        self._infos = [infos[k] for k in range(len(infos))]
-        try:
-            self.metadata: dict[str, Any] = json.loads(zf.comment.decode() or "{}")
-        except ValueError:
-            self.metadata = {}
-        self._size: tuple[int, int] | None = None
-        if "width" in self.metadata and "height" in self.metadata:
-            self._size = (int(self.metadata["width"]), int(self.metadata["height"]))
-
-    def _zip(self) -> zipfile.ZipFile:
-        if self._zf is None or self._pid != os.getpid():
-            from emotionclip.core.io import open_file
-
-            self._fh = open_file(self.path, "rb")
-            self._zf = zipfile.ZipFile(self._fh, "r")
-            self._pid = os.getpid()
-        return self._zf
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state.update(_zf=None, _fh=None, _pid=None, _lock=None)
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self._infos)
-
-    @property
-    def fps(self) -> int:
-        return int(self.metadata.get("fps", FPS))
-
-    @property
-    def size(self) -> tuple[int, int]:
-        """(width, height) of the stored frames."""
-        if self._size is None:
-            self._size = self[0].size if len(self) else (0, 0)
-        return self._size
-
-    def _index(self, k: int) -> int:
-        k = int(k)
-        if k < 0:
-            k += len(self)
-        if not 0 <= k < len(self):
-            raise IndexError(f"frame {k} out of range (store has {len(self)} frames)")
-        return k
-
-    def read_bytes(self, k: int) -> bytes:
-        """The stored JPEG of frame k."""
-        info = self._infos[self._index(k)]
-        with self._lock:
-            return self._zip().read(info)
-
-    def __getitem__(self, k: int) -> Image.Image:
-        return _decode(self.read_bytes(k))
-
-    def get_many(self, indices: Iterable[int]) -> list[Image.Image]:
-        """Frames at `indices` (in that order); read in file order, each member once."""
-        idx = [self._index(k) for k in indices]
-        data: dict[int, bytes] = {}
-        with self._lock:
-            zf = self._zip()
-            for k in sorted(set(idx), key=lambda j: self._infos[j].header_offset):
-                data[k] = zf.read(self._infos[k])
-        return [_decode(data[k]) for k in idx]
-
-    def get_array(self, k: int) -> np.ndarray:
-        """Frame k as an HxWx3 uint8 array."""
-        return np.asarray(self[k])
-
-    def close(self) -> None:
-        if self._zf is not None:
-            self._zf.close()
-            self._fh.close()
-        self._zf = self._fh = None
-
-    def __enter__(self) -> "FrameStore":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"FrameStore({self.path!r}, n={len(self)}, size={self._size})"
-
-
-def _decode(jpeg: bytes) -> Image.Image:
-    im = Image.open(io.BytesIO(jpeg))
-    return im.convert("RGB") if im.mode != "RGB" else _loaded(im)
-
-
-def _loaded(im: Image.Image) -> Image.Image:
-    im.load()
-    return im
 
 
 # -- stage --------------------------------------------------------------------

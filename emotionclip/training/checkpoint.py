@@ -1,7 +1,7 @@
 """Training checkpoints: naming, finding the latest, pruning, RNG states.
 
 A checkpoint is a model checkpoint of `emotionclip.models.save_checkpoint`
-(atomic; `EmotionCLIP.load(path)` reads it) whose `extra` holds what a
+(atomic; `emotionclip.models.load_model(path)` reads it) whose `extra` holds what a
 resumed run needs to continue exactly where the interrupted one stopped: grad
 scaler, epoch and position inside the epoch (the sampler's start), the RNG
 states of every rank and the training config. Only tensors, numbers, strings,

@@ -152,7 +152,7 @@ class ClipDataset(Dataset):
     def _store(self, video_id: str) -> Any:
         store = self._stores.get(video_id)
         if store is None:
-            from emotionclip.stages.frames import FrameStore
+            from emotionclip.core.frame_store import FrameStore
 
             store = FrameStore(self.frames_location(video_id))
             self._stores[video_id] = store

@@ -19,7 +19,8 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from emotionclip.models import gather_features
-from emotionclip.training.dataset import batch_masks, normalize_frames
+from emotionclip.models.transforms import normalize_frames
+from emotionclip.training.dataset import batch_masks
 from emotionclip.training.optim import clamp_logit_scale
 from emotionclip.training.state import TrainState
 

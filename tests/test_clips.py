@@ -10,7 +10,7 @@ from emotionclip.core.catalog import load_catalog
 from emotionclip.stages.clips import clips_table, frame_range, make_clips, run_clips
 from emotionclip.core.errors import StageError
 from emotionclip.core.io import atomic_write_parquet, parquet_metadata, read_parquet
-from emotionclip.core.schemas import CLIP, DETECTIONS, LOGIT_COLUMNS, PROB_COLUMNS, SENTENCES, SENTIMENT
+from emotionclip.core.schemas import CLIP, HUMANS, LOGIT_COLUMNS, PROB_COLUMNS, SENTENCES, SENTIMENT
 
 
 def sentences(times: list[tuple[float, float]], texts: list[str] | None = None) -> pd.DataFrame:
@@ -36,10 +36,10 @@ def detections(rows: list[tuple[int, float]]) -> pd.DataFrame:
     return pa.Table.from_pydict({
         "frame_idx": [r[0] for r in rows], "x1": [0.1] * len(rows), "y1": [0.2] * len(rows),
         "x2": [0.5] * len(rows), "y2": [0.9] * len(rows), "conf": [r[1] for r in rows],
-    }, schema=DETECTIONS).to_pandas()
+    }, schema=HUMANS).to_pandas()
 
 
-NO_DETECTIONS = DETECTIONS.empty_table().to_pandas()
+NO_DETECTIONS = HUMANS.empty_table().to_pandas()
 
 
 @pytest.mark.parametrize("start,end,expected", [
@@ -128,7 +128,7 @@ def _write_inputs(cat, vid, n_frames=40, det_fps="8"):
     sents = sentences([(0.0, 3.0), (4.0, 7.0)])
     atomic_write_parquet(cat.artifact("sentences", vid), sents, schema=SENTENCES)
     atomic_write_parquet(cat.artifact("sentiment", vid), sentiment(2), schema=SENTIMENT)
-    atomic_write_parquet(cat.artifact("detections", vid), detections([(2, 0.5), (35, 0.9)]), schema=DETECTIONS,
+    atomic_write_parquet(cat.artifact("humans", vid), detections([(2, 0.5), (35, 0.9)]), schema=HUMANS,
                          metadata={"n_frames": str(n_frames), "fps": det_fps})
 
 

@@ -24,7 +24,7 @@ from emotionclip.stages.humans import PAPER_CONF, PAPER_IMGSZ, PAPER_IOU, detect
 from emotionclip.zoo.detector import load_detector, resolve_device
 from emotionclip.zoo.tiny import build_tiny_detector
 from emotionclip.core.io import parquet_metadata, read_parquet
-from emotionclip.core.schemas import DETECTIONS
+from emotionclip.core.schemas import HUMANS
 
 # Low enough that the random-weight detector returns boxes (its scores are ~1.6e-4).
 LOW_CONF = 1e-4
@@ -121,7 +121,7 @@ def test_boxes_are_ultralytics_pixel_boxes_over_frame_size(detector, person):
     frames = [canvas(person, size, off) for off in [(0, 0), (300, 160), (90, 33)]]
     df = detect_humans(frames, detector, conf=LOW_CONF, batch_size=2, device="cpu")
     assert df.attrs["n_frames"] == 3
-    assert list(df.columns) == [f.name for f in DETECTIONS]
+    assert list(df.columns) == [f.name for f in HUMANS]
     assert len(df) > 0
     # Same batches as detect_humans ran (2 + 1), so the numbers are the same.
     expected = ultralytics_boxes(detector, frames[:2], LOW_CONF) + ultralytics_boxes(detector, frames[2:], LOW_CONF)
@@ -208,7 +208,7 @@ def test_run_humans_on_a_generated_video(tmp_path, models_dir):
     # The same frames the store holds (1.5 s at 8 fps; ffmpeg's fps filter decides the last one).
     assert summary["n_frames"] == n_store and n_store in (12, 13)
     assert summary["n_boxes"] == 0  # random weights at conf 0.25: nobody
-    path = cat.artifact("detections", "vid_a")
+    path = cat.artifact("humans", "vid_a")
     meta = parquet_metadata(path)
     assert meta["n_frames"] == str(n_store) and meta["fps"] == "8"
     assert meta["fingerprint"] == cat.stage_fingerprint("humans")
@@ -234,4 +234,4 @@ def test_run_humans_names_video_and_stage(tmp_path, models_dir):
     Path(cat.artifact("info", "junk")).write_text(json.dumps({"id": "junk", "video_file": "junk.mp4"}))
     with pytest.raises(StageError, match=r"\[humans\] video junk"):
         run_humans(cat, "junk")
-    assert not Path(cat.artifact("detections", "junk")).exists()
+    assert not Path(cat.artifact("humans", "junk")).exists()

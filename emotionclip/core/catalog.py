@@ -47,7 +47,7 @@ class Artifacts(_Strict):
     info: str = "videos/{video_id}/info.json"
     words: str = "videos/{video_id}/words.parquet"
     frames: str = "videos/{video_id}/frames.zip"
-    detections: str = "videos/{video_id}/detections.parquet"
+    humans: str = "videos/{video_id}/humans.parquet"
     sentences: str = "videos/{video_id}/sentences.parquet"
     sentiment: str = "videos/{video_id}/sentiment.parquet"
     clips: str = "videos/{video_id}/clips.parquet"

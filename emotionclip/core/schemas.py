@@ -26,7 +26,7 @@ WORDS = pa.schema([
 
 # One row per person box; frames with nobody have no row. The file's metadata
 # holds "n_frames" so "no row" is distinguishable from "frame not processed".
-DETECTIONS = pa.schema([
+HUMANS = pa.schema([
     ("frame_idx", pa.int32()),
     ("x1", pa.float32()),
     ("y1", pa.float32()),

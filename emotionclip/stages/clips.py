@@ -48,7 +48,7 @@ def make_clips(
     """One row per sentence, per `schemas.CLIP` (ordered by sentence_idx).
 
     `sentences`, `sentiment`, `detections` follow schemas SENTENCES, SENTIMENT
-    and DETECTIONS; `n_frames` is the number of frames that exist (the frame
+    and HUMANS; `n_frames` is the number of frames that exist (the frame
     store's length). Every sentence needs its scores (ValueError otherwise).
     """
     scores = sentiment.set_index("sentence_idx")
@@ -124,18 +124,18 @@ def run_clips(catalog: Any, video_id: str) -> dict:
     from emotionclip.core.io import atomic_write_parquet, exists, parquet_metadata, read_parquet
 
     inputs = {}
-    for name in ("sentences", "sentiment", "detections"):
+    for name in ("sentences", "sentiment", "humans"):
         path = catalog.artifact(name, video_id)
         if not exists(path):
             raise StageError(STAGE, video_id, f"{name} not found at {path} (run that stage first)")
         inputs[name] = read_parquet(path)
-    det_meta = parquet_metadata(catalog.artifact("detections", video_id))
+    det_meta = parquet_metadata(catalog.artifact("humans", video_id))
     fps = catalog.stages.frames.fps
     if "fps" in det_meta and float(det_meta["fps"]) != float(fps):
         raise StageError(STAGE, video_id, f"detections were made at {det_meta['fps']} fps, the catalog says {fps}")
     n_frames = _n_frames(catalog, video_id, det_meta)
     try:
-        clips = make_clips(video_id, inputs["sentences"], inputs["sentiment"], inputs["detections"], n_frames, fps)
+        clips = make_clips(video_id, inputs["sentences"], inputs["sentiment"], inputs["humans"], n_frames, fps)
     except (KeyError, ValueError) as e:
         raise StageError(STAGE, video_id, f"cannot build clips: {e}") from e
     atomic_write_parquet(

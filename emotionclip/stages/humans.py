@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from emotionclip.core.errors import StageError
-from emotionclip.core.schemas import DETECTIONS
+from emotionclip.core.schemas import HUMANS
 from emotionclip.zoo.detector import load_detector, resolve_device
 
 STAGE = "humans"
@@ -35,7 +35,7 @@ PAPER_CONF = 0.25
 PAPER_IOU = 0.45  # Ultralytics' default is 0.7: always pass it explicitly
 PERSON_CLASS = 0  # COCO "person"
 
-_COLUMNS = [f.name for f in DETECTIONS]
+_COLUMNS = [f.name for f in HUMANS]
 
 
 # -- detection ------------------------------------------------------------------
@@ -110,7 +110,7 @@ def detect_humans(
     device: str = "cpu",
     half: bool = False,
 ) -> pd.DataFrame:
-    """Person boxes for every frame (HxWx3 uint8 RGB), per `schemas.DETECTIONS`:
+    """Person boxes for every frame (HxWx3 uint8 RGB), per `schemas.HUMANS`:
     one row per box, `frame_idx` = position in `frames`, boxes normalized to
     [0, 1] of the frame. Frames with nobody have no row; `df.attrs["n_frames"]`
     holds the number of frames seen. `half` applies on CUDA only."""
@@ -176,7 +176,7 @@ def run_humans(catalog: Any, video_id: str) -> dict:
     if n_frames == 0:
         raise StageError(STAGE, video_id, f"no frames decoded from {video}")
     atomic_write_parquet(
-        catalog.artifact("detections", video_id), to_table(df, DETECTIONS), schema=DETECTIONS,
+        catalog.artifact("humans", video_id), to_table(df, HUMANS), schema=HUMANS,
         metadata={"fingerprint": catalog.stage_fingerprint(STAGE), "n_frames": str(n_frames), "fps": str(fps)},
     )
     return {

@@ -64,7 +64,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           per_video=True, outputs=("sentiment",), after=("sentences",), uses_model=True),
     # Detection decodes the same 8 FPS frames the store holds, so it follows the frame parameters.
     Stage("humans", humans.run_humans, "Frames -> person boxes (YOLO, imgsz 640, conf 0.25, IoU 0.45).",
-          per_video=True, outputs=("detections",), after=("frames",), uses_model=True),
+          per_video=True, outputs=("humans",), after=("frames",), uses_model=True),
     Stage("clips", clips.run_clips, "Sentences + scores + boxes -> one clip per sentence.",
           per_video=True, outputs=("clips",), after=("sentences", "sentiment", "humans", "frames")),
     Stage("manifests", manifests.build_manifests,

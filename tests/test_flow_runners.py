@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from emotionclip.core.manifest_store import read_manifests
@@ -15,7 +13,6 @@ OVERRIDES = {"stages.filter.max_neutral": 0.5, "stages.humans.imgsz": 320}
 
 @pytest.fixture(scope="module")
 def flow():
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     from flows.build_tv_dataset import build_tv_dataset
 
     return build_tv_dataset

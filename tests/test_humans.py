@@ -31,15 +31,11 @@ LOW_CONF = 1e-4
 
 
 @pytest.fixture(scope="session")
-def models_dir(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("models")
-    build_tiny_detector(d / "tiny" / "detector.pt")
-    return d
-
-
-@pytest.fixture(scope="session")
 def detector(models_dir):
-    return load_detector(str(models_dir / "tiny" / "detector.pt"), "cpu")
+    path = models_dir / "tiny" / "detector.pt"
+    if not path.exists():
+        build_tiny_detector(path)
+    return load_detector(str(path), "cpu")
 
 
 @pytest.fixture(scope="session")
@@ -67,7 +63,7 @@ def ultralytics_boxes(model, frames: list[np.ndarray], conf: float) -> list[np.n
     return [np.concatenate([r.boxes.xyxy.numpy(), r.boxes.conf.numpy()[:, None]], axis=1) for r in res]
 
 
-def test_tiny_detector_is_deterministic_and_loads_with_plain_yolo(tmp_path, models_dir):
+def test_tiny_detector_is_deterministic_and_loads_with_plain_yolo(tmp_path, models_dir, detector):
     from ultralytics import YOLO
 
     a = models_dir / "tiny" / "detector.pt"
@@ -196,7 +192,7 @@ def _add_video(cat, vid: str, duration_s: float = 1.5) -> Path:
     return video
 
 
-def test_run_humans_on_a_generated_video(tmp_path, models_dir):
+def test_run_humans_on_a_generated_video(tmp_path, models_dir, detector):
     from emotionclip.core.frame_store import FrameStore
     from emotionclip.stages.frames import run_frames
 
@@ -224,7 +220,7 @@ def test_run_humans_on_a_generated_video(tmp_path, models_dir):
     assert parquet_metadata(path)["fingerprint"] != meta["fingerprint"]  # conf is part of the fingerprint
 
 
-def test_run_humans_names_video_and_stage(tmp_path, models_dir):
+def test_run_humans_names_video_and_stage(tmp_path, models_dir, detector):
     cat = _catalog(tmp_path, models_dir)
     with pytest.raises(StageError, match=r"\[humans\] video gone"):
         run_humans(cat, "gone")

@@ -31,12 +31,6 @@ def make_words(n: int, seed: int = 0) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def models_dir(tmp_path_factory):
-    # Shared by the test modules of one session; zoo builds missing parts on first use.
-    return tmp_path_factory.getbasetemp() / "models"
-
-
-@pytest.fixture(scope="module")
 def punct(models_dir):
     return load_punctuation_model(str(models_dir / "tiny" / "punctuation"))
 

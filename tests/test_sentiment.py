@@ -29,11 +29,6 @@ TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def models_dir(tmp_path_factory):
-    return tmp_path_factory.getbasetemp() / "models"
-
-
-@pytest.fixture(scope="module")
 def emo(models_dir):
     return load_emotion_model(str(models_dir / "tiny" / "emotion"))
 

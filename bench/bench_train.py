@@ -54,8 +54,8 @@ def train_config(args: argparse.Namespace, corpus: Path, out: Path, steps: int):
 def resident_rate(config, iters: int, warmup: int) -> tuple[float, float]:
     """clips/s and s/step of the training computation on one GPU-resident batch."""
     from emotionclip.models import SentimentGuidedLoss
-    from emotionclip.training import build_model
     from emotionclip.models.transforms import normalize_frames
+    from emotionclip.training import build_model
     from emotionclip.training.dataset import batch_masks, collate_clips
     from emotionclip.training.loop import build_dataset, load_catalog_for
     from emotionclip.training.optim import build_optimizer

@@ -33,3 +33,25 @@ def models_dir(tmp_path_factory) -> Path:
     """One folder of tiny random-weight models for the whole session; the zoo builds a
     missing part there on first use (under a file lock)."""
     return tmp_path_factory.getbasetemp() / "models"
+
+
+@pytest.fixture(scope="session")
+def clip_corpus(tmp_path_factory):
+    """Frame stores of 2 generated videos and a manifest DataFrame of 4 clips each
+    (`training_data.make_corpus`), made once per session. Read-only: tests write their
+    manifests and outputs into their own folders."""
+    from training_data import make_corpus
+
+    root = tmp_path_factory.mktemp("clip-corpus")
+    cat, df = make_corpus(root, n_videos=2, clips_per_video=4, duration_s=2.5)
+    return root, cat, df
+
+
+@pytest.fixture(scope="session")
+def box_corpus(tmp_path_factory):
+    """The same with a white person box on black (`training_data.BOX_PX`) in every frame."""
+    from training_data import make_corpus
+
+    root = tmp_path_factory.mktemp("box-corpus")
+    cat, df = make_corpus(root, n_videos=2, clips_per_video=4, box_video=True)
+    return root, cat, df

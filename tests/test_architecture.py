@@ -6,7 +6,6 @@ that the Prefect tasks, the flow and the CLI are made from."""
 from __future__ import annotations
 
 import ast
-from collections import defaultdict
 from pathlib import Path
 
 import pytest

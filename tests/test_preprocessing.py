@@ -27,13 +27,12 @@ from emotionclip.models.transforms import (
 )
 from emotionclip.core.frame_store import FrameStore
 from emotionclip.training.dataset import ClipDataset, sample_frame_indices
-from training_data import make_corpus
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("corpus")
-    return make_corpus(root, n_videos=2, clips_per_video=4, box_video=True)
+def corpus(box_corpus):
+    _, cat, df = box_corpus
+    return cat, df
 
 
 def _random_boxes(rng: np.random.Generator, n: int, lo: float = -0.1, hi: float = 1.1) -> np.ndarray:

@@ -15,14 +15,13 @@ from emotionclip.training import ABLATIONS, get_ablation, make_config, trainable
 from emotionclip.training.loop import build_model, load_catalog_for, train
 from emotionclip.training.optim import param_groups
 from emotionclip.training.parts import parameter_part
-from training_data import make_corpus, write_manifest
+from training_data import write_manifest
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ablate")
-    _, df = make_corpus(root, n_videos=1, clips_per_video=2, duration_s=2.0)
-    return root, write_manifest(df, root / "manifests" / "clips-00000.parquet")
+def corpus(clip_corpus, tmp_path_factory):
+    root, _, df = clip_corpus
+    return root, write_manifest(df.head(2), tmp_path_factory.mktemp("ablate") / "clips-00000.parquet")
 
 
 @pytest.fixture(scope="module")

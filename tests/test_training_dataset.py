@@ -15,13 +15,13 @@ from emotionclip.core.schemas import LOGIT_COLUMNS
 from emotionclip.models.transforms import normalize_frames
 from emotionclip.training.dataset import ClipDataset, collate_clips, sample_frame_indices
 from emotionclip.training.sampler import ResumableSampler
-from training_data import BOX_PX, VIDEO_H, VIDEO_W, make_corpus
+from training_data import BOX_PX, VIDEO_H, VIDEO_W
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("corpus")
-    return make_corpus(root, n_videos=2, clips_per_video=4, box_video=True)
+def corpus(box_corpus):
+    _, cat, df = box_corpus
+    return cat, df
 
 
 def _dataset(corpus, **kw) -> ClipDataset:

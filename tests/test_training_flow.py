@@ -5,25 +5,23 @@ from __future__ import annotations
 import pytest
 
 from emotionclip.training.metrics import read_jsonl
-from training_data import make_corpus, write_manifest
+from training_data import write_manifest
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("flow")
-    cat, df = make_corpus(root, n_videos=2, clips_per_video=2, duration_s=2.0)
-    manifest = write_manifest(df, root / "manifests" / "clips-00000.parquet")
+def corpus(clip_corpus, tmp_path_factory):
+    root, _, df = clip_corpus
+    df = df.groupby("video_id").head(2).reset_index(drop=True)  # 2 clips of each video
+    manifest = write_manifest(df, tmp_path_factory.mktemp("flow") / "manifests" / "clips-00000.parquet")
     return root, manifest, df
 
 
 SMALL = {"batch_size": 2, "num_workers": 0, "num_frames": 2, "epochs": 1, "log_every_steps": 1}
 
 
-def test_pretrain_flow_trains_reports_and_fails_with_reason(corpus, tmp_path, monkeypatch):
-    # the temporary server starts slowly on a busy 2-core machine (default timeout 20 s)
-    monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+def test_pretrain_flow_trains_reports_and_fails_with_reason(corpus, tmp_path):
     from prefect.artifacts import Artifact
 
     from flows.pretrain import pretrain

@@ -20,14 +20,13 @@ from emotionclip.training.config import make_config
 from emotionclip.training.launch import torchrun_command, write_config
 from emotionclip.training.loop import build_model, load_catalog_for, train
 from emotionclip.training.metrics import read_jsonl
-from training_data import make_corpus, write_manifest
+from training_data import write_manifest
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train")
-    cat, df = make_corpus(root, n_videos=2, clips_per_video=4, duration_s=2.5)
-    manifest = write_manifest(df, root / "manifests" / "clips-00000.parquet")
+def corpus(clip_corpus, tmp_path_factory):
+    root, _, df = clip_corpus
+    manifest = write_manifest(df, tmp_path_factory.mktemp("train") / "clips-00000.parquet")
     return root, manifest
 
 

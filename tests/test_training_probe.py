@@ -15,15 +15,15 @@ from emotionclip.training import checkpoint as ckpt
 from emotionclip.training.config import make_config
 from emotionclip.training.loop import train
 from emotionclip.training.metrics import read_jsonl
-from training_data import make_corpus, write_manifest
+from training_data import write_manifest
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("probe")
-    cat, df = make_corpus(root, n_videos=2, clips_per_video=2, duration_s=2.0)
-    manifest = write_manifest(df, root / "manifests" / "clips-00000.parquet")
-    bold = L.make_bold(root / "bold", n_train=6, n_val=4)
+def corpus(clip_corpus, tmp_path_factory):
+    root, _, df = clip_corpus
+    own = tmp_path_factory.mktemp("probe")
+    manifest = write_manifest(df.groupby("video_id").head(2), own / "clips-00000.parquet")
+    bold = L.make_bold(own / "bold", n_train=6, n_val=4)
     return root, manifest, bold
 
 

@@ -22,14 +22,13 @@ from emotionclip.training.parts import parameter_part
 from emotionclip.training.sampler import ResumableSampler
 from emotionclip.training.state import micro_batch_size, setup
 from emotionclip.training.step import optimizer_step
-from training_data import make_corpus, write_manifest
+from training_data import write_manifest
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("steps")
-    cat, df = make_corpus(root, n_videos=2, clips_per_video=4, duration_s=2.5)
-    manifest = write_manifest(df, root / "manifests" / "clips-00000.parquet")
+def corpus(clip_corpus, tmp_path_factory):
+    root, _, df = clip_corpus
+    manifest = write_manifest(df, tmp_path_factory.mktemp("steps") / "clips-00000.parquet")
     return root, manifest
 
 

@@ -19,18 +19,18 @@ from emotionclip.models.attention import attention_maps
 from emotionclip.models.transforms import normalize_frames
 from emotionclip.viz import clip_inputs, grid_size_px, plot_attention_grid
 from emotionclip.viz import attention as viz
-from training_data import make_corpus, write_manifest
+from training_data import write_manifest
 
 PATCH = 32
 T = 3  # frames per clip in these tests (rows of the grid)
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("viz")
+def corpus(box_corpus, tmp_path_factory):
     # a white box on black; every clip's subject box is that box (training_data.BOX_PX)
-    cat, df = make_corpus(root, n_videos=1, clips_per_video=2, duration_s=1.5, box_video=True)
-    manifest = write_manifest(df, root / "manifests" / "clips-00000.parquet")
+    root, cat, df = box_corpus
+    df = df[df["video_id"] == "vid0"].head(2).reset_index(drop=True)
+    manifest = write_manifest(df, tmp_path_factory.mktemp("viz") / "manifests" / "clips-00000.parquet")
     return root, cat, manifest, df
 
 

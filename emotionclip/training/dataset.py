@@ -40,7 +40,6 @@ from emotionclip.models.transforms import (
     crop_frames,
     load_frame,
     mask_boxes,
-    normalize_frames,  # noqa: F401 - re-exported: the training loop imports it from here
     rasterize_mask_boxes,
     subject_masks,
 )

@@ -241,7 +241,7 @@ def test_corrupt_video_is_recorded_and_others_complete(server, tmp_path):
     from emotionclip.sample import make_sample_corpus
 
     folder = tmp_path / "corpus"
-    make_sample_corpus(folder)
+    make_sample_corpus(folder, n_videos=2, duration_s=12.0)  # enough good videos to show the others go on
     good = sorted(folder.glob("*.mp4"))
     (folder / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(2000))
     shutil.copy(next(folder.glob("*.en.vtt")), folder / "broken.en.vtt")

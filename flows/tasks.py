@@ -42,6 +42,8 @@ def retry_if_transient(task: Task, task_run: Any, state: State) -> bool:
 
 
 def _network_task(name: str, **kwargs: Any):
+    if not STAGES[name].network:  # the registry says which stages talk to YouTube
+        raise ValueError(f"stage {name!r} is not a network stage in the registry")
     return task(name=name, description=STAGES[name].help, tags=["network", "youtube"], cache_policy=NO_CACHE,
                 retries=NETWORK_RETRIES,
                 retry_delay_seconds=exponential_backoff(backoff_factor=10), retry_jitter_factor=0.5,

@@ -20,9 +20,9 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact, u
 from prefect.futures import as_completed
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
-from emotionclip.core.catalog import Catalog, load_catalog
+from emotionclip.core.catalog import Catalog, check_data_root, load_catalog
 from emotionclip.core.errors import StageError
-from emotionclip.stages.registry import VIDEO_STAGES
+from emotionclip.stages.registry import VIDEO_STAGES, done_video_ids
 from flows.tasks import PER_VIDEO_TASKS, dataset_card, download, import_local_folder, manifests, search
 
 Source = Literal["youtube", "urls", "folder", "sample"]
@@ -43,7 +43,12 @@ def make_task_runner(kind: RunnerKind = "threads", max_workers: Optional[int] = 
         if dask_address:
             return DaskTaskRunner(address=dask_address)
         kwargs = {"n_workers": max_workers} if max_workers else {}
-        return DaskTaskRunner(cluster_kwargs={"processes": True, "threads_per_worker": 1, **kwargs})
+        # Loopback only: Dask's dashboard defaults to all interfaces on :8787, an open
+        # port on the network; port 0 also lets parallel runs each get a free port.
+        return DaskTaskRunner(cluster_kwargs={
+            "processes": True, "threads_per_worker": 1,
+            "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0", **kwargs,
+        })
     raise ValueError(f"unknown task runner {kind!r}: threads, processes or dask")
 
 
@@ -124,10 +129,12 @@ def build_tv_dataset(
     task_runner: Optional[RunnerKind] = None,
     max_workers: Optional[int] = None,
     dask_address: Optional[str] = None,
+    force_manifests: bool = False,
 ) -> dict[str, Any]:
     """Build the TV dataset. `overrides` take dotted catalog keys, e.g.
     {"stages.filter.max_neutral": 0.3}; `task_runner` picks threads (default),
-    processes or dask for the per-video work."""
+    processes or dask for the per-video work; `force_manifests` writes manifests even
+    when they would shrink by more than `stages.manifests.max_shrink_fraction`."""
     logger = get_run_logger()
     extra = dict(overrides or {})
     if queries:
@@ -135,6 +142,7 @@ def build_tv_dataset(
     if max_videos:
         extra["stages.search.max_videos"] = max_videos
     catalog = load_catalog(catalog_path, profile=profile, data_root=data_root, overrides=extra)
+    check_data_root(catalog)  # one clear error now, not an OSError in every video's first stage
     logger.info("catalog %s, profile %s, data root %s", catalog_path or "default", catalog.profile, catalog.root)
 
     video_ids, failures = _acquire(catalog, source, urls or [], folder)
@@ -147,7 +155,9 @@ def build_tv_dataset(
 
     ok_ids = [r["video_id"] for r in results if r["ok"]]
     failures += [{"video_id": r["video_id"], "stage": r["stage"], "error": r["error"]} for r in results if not r["ok"]]
-    summary = manifests(catalog, ok_ids, failures)
+    # Every done video, not just this run's: a run over part of the videos (max_videos, a
+    # new folder) must not replace the manifests with that part.
+    summary = manifests(catalog, done_video_ids(catalog), failures, force=force_manifests)
     card_path = dataset_card(catalog, summary)
 
     stage_counts = [

@@ -24,14 +24,16 @@ from emotionclip.evaluation.datasets import get_spec
 from emotionclip.evaluation.features import FeatureConfig
 from emotionclip.evaluation.probes import ProbeConfig
 from emotionclip.evaluation.run import (
-    ModelHandle, SplitFeatures, detector_for, load_model, needed_splits, probe_dataset, results_rows, split_features,
+    ModelHandle, SplitFeatures, check_layout, check_model_choice, detector_for, load_model, needed_splits,
+    probe_dataset, results_rows, split_features,
 )
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Which model the tasks evaluate (exactly one of checkpoint / official_checkpoint /
-    profile) and where it runs; each task process loads it once (`load`)."""
+    """Which model the tasks evaluate (checkpoint or official_checkpoint, or else the
+    profile's own model; a profile beside a checkpoint picks only the detector) and
+    where it runs; each task process loads it once (`load`)."""
 
     checkpoint: Optional[str] = None
     official_checkpoint: Optional[str] = None
@@ -94,7 +96,11 @@ def linear_probe(
     limit: Optional[int] = None,
 ) -> dict[str, Any]:
     """`datasets` maps a benchmark name (bold, meld, emotic, moviegraphs, liris) to its
-    folder. Exactly one of checkpoint / official_checkpoint / profile picks the model."""
+    folder. The model: checkpoint or official_checkpoint (with `profile` giving the
+    detector, e.g. "tiny" offline), or `profile` alone for that profile's model."""
+    check_model_choice(checkpoint, official_checkpoint, profile)
+    for name, root in datasets.items():
+        check_layout(name, root)  # fail early on a wrong folder, before any model is loaded
     model = ModelSpec(checkpoint=checkpoint, official_checkpoint=official_checkpoint, profile=profile, device=device)
     model.load()  # fail early on a bad checkpoint
     fcfg = FeatureConfig(detector=detector_for(profile) if detect else None, det_imgsz=det_imgsz)

@@ -36,25 +36,10 @@ def _config(manifests: Optional[str], out_dir: str, preset: str, overrides: Opti
 @task(name="validate-pretrain-inputs")
 def validate_inputs(config: TrainConfig, devices: int) -> dict[str, Any]:
     """Manifests readable and valid, every video's frame store present, at least one
-    global batch of clips. Raises ValueError naming what is wrong."""
-    from emotionclip.core.io import exists
-    from emotionclip.core.manifest_store import read_manifests
-    from emotionclip.training.loop import load_catalog_for
+    global batch of clips (`emotionclip.training.inputs.check_run_inputs`)."""
+    from emotionclip.training.inputs import check_run_inputs
 
-    cat = load_catalog_for(config)
-    df = read_manifests(config.manifests)
-    if len(df) < config.batch_size:
-        raise ValueError(f"{config.manifests}: {len(df)} clips, fewer than one batch of {config.batch_size}")
-    if config.batch_size % (devices * config.grad_accum_steps):
-        raise ValueError(f"batch_size {config.batch_size} is not divisible by {devices} devices x "
-                         f"{config.grad_accum_steps} accumulation steps")
-    videos = sorted(set(df["video_id"]))
-    missing = [v for v in videos if not exists(cat.artifact("frames", v))]
-    if missing:
-        raise ValueError(f"{len(missing)} of {len(videos)} videos have no frame store "
-                         f"(e.g. {', '.join(missing[:5])} at {cat.artifact('frames', missing[0])})")
-    return {"clips": len(df), "videos": len(videos), "devices": devices,
-            "steps_per_epoch": len(df) // config.batch_size}
+    return {**check_run_inputs(config, devices), "devices": devices}
 
 
 @task(name="train-emotionclip")

@@ -100,9 +100,11 @@ def import_local_folder(catalog: Catalog, folder: str) -> LocalImport:
 
 
 @task(name="manifests", description=STAGES["manifests"].help, cache_policy=NO_CACHE)
-def manifests(catalog: Catalog, video_ids: list[str], failures: list[dict]) -> dict:
+def manifests(catalog: Catalog, video_ids: list[str], failures: list[dict], force: bool = False) -> dict:
+    """`video_ids`: every done video (`done_video_ids`); a build that shrinks the
+    current generation too much fails the task (ManifestShrinkError) unless `force`."""
     now = dt.datetime.now(dt.timezone.utc).isoformat()
-    return STAGES["manifests"].run(catalog, video_ids, [{"time": now, **f} for f in failures])
+    return STAGES["manifests"].run(catalog, video_ids, [{"time": now, **f} for f in failures], force=force)
 
 
 @task(name="dataset-card", description=STAGES["card"].help, cache_policy=NO_CACHE)

@@ -128,8 +128,14 @@ def test_code_version_is_git_or_package():
 
 
 def test_card_from_disk_after_build_manifests(setup, tmp_path):
-    cat, *_ = setup
+    import shutil
+    from pathlib import Path
+
+    src, *_ = setup
     cat = load_catalog(profile="tiny", data_root=str(tmp_path / "data"))
+    # build_manifests checks every clip's frames against the video's frame store.
+    Path(cat.artifact("frames", "v1")).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(src.artifact("frames", "v1"), cat.artifact("frames", "v1"))
     atomic_write_parquet(cat.artifact("clips", "v1"), pa.Table.from_pandas(clips("v1", 6), schema=CLIP, preserve_index=False))
     counts = build_manifests(cat, ["v1", "missing"], [])
     card = write_card_from_disk(cat, code_version="x")

@@ -14,14 +14,14 @@ from emotionclip.core.schemas import CLIP, EMOTIONS
 
 def clip(i: int = 0, *, text: str = "I can't believe it!", start: float = 1.0, end: float = 5.0,
          frame_start: int | None = None, frame_end: int | None = None, neutral: float = 0.01,
-         person_frac: float = 1.0) -> dict:
+         person_frac: float = 1.0, logit: float = 0.0) -> dict:
     """A clip row that passes the default filter unless told otherwise."""
     fs = int(np.ceil(start * 8)) if frame_start is None else frame_start
     fe = int(np.floor(end * 8)) if frame_end is None else frame_end
     row = {"clip_id": f"v:{i}", "video_id": "v", "sentence_idx": i, "text": text, "start_s": start, "end_s": end,
            "frame_start": fs, "frame_end": fe, "neutral": neutral, "person_frac": person_frac, "boxes": []}
     for e in EMOTIONS:
-        row[f"logit_{e}"] = 0.0
+        row[f"logit_{e}"] = logit
         row[f"prob_{e}"] = neutral if e == "neutral" else (1 - neutral) / 6
     return row
 
@@ -30,8 +30,8 @@ def frame(rows: list[dict]) -> pd.DataFrame:
     return pa.Table.from_pylist(rows, schema=CLIP).to_pandas()
 
 
-def reasons(rows: list[dict], **params) -> list:
-    return rejection_reasons(frame(rows), FilterParams(**params)).tolist()
+def reasons(rows: list[dict], frame_counts: dict[str, int] | None = None, **params) -> list:
+    return rejection_reasons(frame(rows), FilterParams(**params), frame_counts).tolist()
 
 
 F32_005 = float(np.float32(0.05))  # how 0.05 comes back from the float32 column
@@ -92,7 +92,7 @@ def test_no_frame_inside_the_video_is_no_frames():
     (F32_005, "neutral"),  # the paper keeps neutral < 0.05 strictly
     (0.06, "neutral"),
     (1.0, "neutral"),
-    (float("nan"), "neutral"),  # an unscored clip is never kept
+    (float("nan"), "invalid_scores"),  # an unscored clip is never kept (prob_neutral is NaN too)
 ])
 def test_neutral_boundary(neutral, reason):
     assert reasons([clip(neutral=neutral)]) == [reason]
@@ -115,11 +115,14 @@ def test_person_frac_not_filtered_by_default():
 def test_one_reason_per_clip_in_priority_order():
     # Fails every rule at once, then one rule fewer at a time: the reported
     # reason walks down REASONS.
-    params = dict(min_person_frac=0.5)
-    worst = dict(text="", start=100.0, end=100.5, frame_start=800, frame_end=799, neutral=0.9, person_frac=0.0)
+    params = dict(min_person_frac=0.5, frame_counts={"v": 1000})
+    worst = dict(text="", start=100.0, end=100.5, frame_start=1200, frame_end=1199, neutral=0.9, person_frac=0.0,
+                 logit=float("nan"))
     fixes = [
         dict(text="hello there"),
+        dict(frame_start=1200, frame_end=1201),  # past the end of the 1000-frame store
         dict(frame_start=800, frame_end=801),
+        dict(logit=0.0),
         dict(start=100.0, end=112.0),  # now too long
         dict(start=100.0, end=104.0),  # duration fine, still 2 frames
         dict(frame_start=800, frame_end=832),

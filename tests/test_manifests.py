@@ -140,8 +140,26 @@ def test_rejected_and_failures(tmp_path):
     assert pq.read_table(tmp_path / "none.parquet").num_rows == 0
 
 
+def write_frame_store(path: str, n_frames: int) -> None:
+    """A real frame store of `n_frames` tiny black frames (build_manifests checks clip ranges against it)."""
+    import io
+
+    from PIL import Image
+
+    from emotionclip.core.frame_store import FrameStoreWriter
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, "JPEG")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with FrameStoreWriter(path) as w:
+        for _ in range(n_frames):
+            w.add(buf.getvalue())
+
+
 def test_build_manifests_end_to_end(tmp_path):
     cat = load_catalog(profile="tiny", data_root=str(tmp_path / "data"), overrides={"stages.manifests.shard_size": 2})
+    for vid in ("v1", "v2", "v3"):
+        write_frame_store(cat.artifact("frames", vid), 100)
     atomic_write_parquet(cat.artifact("clips", "v1"), pa.Table.from_pylist(
         [clip("v1", 0), clip("v1", 1, neutral=0.5), clip("v1", 2, end=2.5), clip("v1", 3, text="x")], schema=CLIP))
     atomic_write_parquet(cat.artifact("clips", "v2"), pa.Table.from_pylist(

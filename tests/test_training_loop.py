@@ -63,7 +63,8 @@ def test_loss_decreases_on_a_fixed_batch(corpus, tmp_path):
 
 
 def test_checkpoints_metrics_and_schedule(corpus, tmp_path):
-    cfg = _config(corpus, tmp_path, epochs=2, batch_size=4, ckpt_every_steps=1, keep_checkpoints=1)
+    cfg = _config(corpus, tmp_path, epochs=2, batch_size=4, ckpt_every_steps=1, keep_checkpoints=1,
+                  keep_epoch_checkpoints=True)
     result = train(cfg)
     assert result.step == 4 and result.epoch == 2  # 8 clips / batch 4 = 2 steps per epoch
     names = sorted(os.listdir(tmp_path / "checkpoints"))

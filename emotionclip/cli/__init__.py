@@ -22,6 +22,7 @@ def _register() -> None:
 
     for module, name, help_text in [
         ("emotionclip.cli.stage", "stage", "Run one pipeline stage on one video, without a server."),
+        ("emotionclip.cli.manifests", "manifests", "List the manifest generations, roll back to an older one."),
         ("emotionclip.cli.models", "models", "Build the tiny models, pre-fetch the paper's weights."),
         ("emotionclip.cli.train", "train", "Pre-train EmotionCLIP."),
         ("emotionclip.cli.eval", "eval", "Linear-probe evaluation on the downstream benchmarks."),

@@ -8,6 +8,8 @@ from typing import Optional
 
 import typer
 
+from emotionclip.cli._common import fail_usage
+
 app = typer.Typer(no_args_is_help=True)
 
 
@@ -22,8 +24,7 @@ def show(
     try:
         cat = load_catalog(catalog, profile=profile)
     except CatalogError as e:
-        typer.echo(str(e), err=True)
-        raise typer.Exit(2)
+        fail_usage(str(e))
     typer.echo(json.dumps(cat.to_yaml_dict() | {"resolved_data_root": cat.root}, indent=2))
 
 
@@ -35,6 +36,5 @@ def validate(catalog: Optional[Path] = typer.Argument(None, help="Catalog file."
     try:
         load_catalog(catalog)
     except CatalogError as e:
-        typer.echo(str(e), err=True)
-        raise typer.Exit(2)
+        fail_usage(str(e))
     typer.echo("ok")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import NoReturn, Optional
 
 import typer
 
@@ -27,6 +27,8 @@ def inspect_cmd(
         raise typer.Exit(2)
     report = mod.inspect(root)
     typer.echo(json.dumps(report, indent=2, default=str))
+    for note in report.get("notes", ()):  # stdout stays JSON
+        typer.echo(f"note: {note}", err=True)
     if not report["ok"]:
         raise typer.Exit(1)
 
@@ -38,7 +40,10 @@ def run_cmd(
     out: Path = typer.Option(..., "--out", help="Where the results table (Parquet + Markdown) goes."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="One of our EmotionCLIP checkpoints."),
     official_checkpoint: Optional[Path] = typer.Option(None, "--official-checkpoint", help="The authors' released checkpoint."),
-    profile: Optional[str] = typer.Option(None, "--profile", help="Build the catalog profile's model (tiny: random weights)."),
+    profile: Optional[str] = typer.Option(
+        None, "--profile",
+        help="Alone: build the catalog profile's model (tiny: random weights). With a checkpoint: take only the "
+             "auxiliary models (detector) from it."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Let an official checkpoint that needs full unpickling load (trusted files only)."),
     c_mode: str = typer.Option("preset", "--c-mode", help="preset (authors' fixed C) or search (on the validation split)."),
     c: Optional[float] = typer.Option(None, "--c", help="Use this C."),
@@ -54,39 +59,93 @@ def run_cmd(
     device: str = typer.Option("cpu"),
     limit: Optional[int] = typer.Option(None, help="Use the first N samples of each split (smoke runs)."),
 ) -> None:
-    """Features (cached) -> the paper's probe -> results table in OUT; prints a JSON summary."""
-    if sum(x is not None for x in (checkpoint, official_checkpoint, profile)) != 1:
-        typer.echo("give exactly one of --checkpoint, --official-checkpoint, --profile", err=True)
-        raise typer.Exit(2)
+    """Features (cached) -> the paper's probe -> results table in OUT; prints a JSON summary.
+    The model: --checkpoint or --official-checkpoint (with --profile for the detector), or --profile alone."""
+    if checkpoint is not None and official_checkpoint is not None:
+        _fail("give one of --checkpoint and --official-checkpoint, not both")
+    if checkpoint is None and official_checkpoint is None and profile is None:
+        _fail("give --checkpoint, --official-checkpoint or --profile")
     if c_mode not in ("preset", "search") or smoothing not in ("sequence", "per_movie", "none"):
-        typer.echo("--c-mode must be preset|search and --smoothing sequence|per_movie|none", err=True)
-        raise typer.Exit(2)
+        _fail("--c-mode must be preset|search and --smoothing sequence|per_movie|none")
+    for flag, path in (("--checkpoint", checkpoint), ("--official-checkpoint", official_checkpoint)):
+        if path is not None and not path.is_file():
+            _fail(f"{flag} {path}: no such file")
     import contextlib
     import sys
 
+    from emotionclip.evaluation.datasets import get_spec
+
+    try:
+        name = get_spec(dataset).name
+    except KeyError as e:
+        _fail(str(e.args[0]))
+    if not root.is_dir():
+        _fail(f"--root {root}: no such folder")
     # Library chatter (Ultralytics' first-run settings notice) goes to stderr: stdout is the JSON summary.
     with contextlib.redirect_stdout(sys.stderr):
-        summary = _run(dataset, root, out, checkpoint, official_checkpoint, profile, allow_pickle, c_mode, c,
+        summary = _run(name, root, out, checkpoint, official_checkpoint, profile, allow_pickle, c_mode, c,
                        smoothing, savgol_window, savgol_order, seed, detect, det_imgsz, catalog, cache_dir,
                        batch_size, device, limit)
     typer.echo(json.dumps(summary, indent=2, default=str))
 
 
+def _fail(message: str) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
 def _run(dataset, root, out, checkpoint, official_checkpoint, profile, allow_pickle, c_mode, c, smoothing,
          savgol_window, savgol_order, seed, detect, det_imgsz, catalog, cache_dir, batch_size, device, limit) -> dict:
+    from emotionclip.core.catalog import CatalogError
+    from emotionclip.core.errors import ModelNotAvailable
+    from emotionclip.evaluation.datasets import DatasetLayoutError
     from emotionclip.evaluation.features import FeatureConfig
     from emotionclip.evaluation.probes import ProbeConfig
-    from emotionclip.evaluation.run import detector_for, load_model, run_linear_probe
+    from emotionclip.evaluation.run import NoUsableSamples, check_layout, detector_for, load_model, run_linear_probe
 
-    handle = load_model(str(checkpoint) if checkpoint else None,
-                        str(official_checkpoint) if official_checkpoint else None,
-                        profile, device, allow_pickle, str(catalog) if catalog else None)
-    det = detector_for(profile, str(catalog) if catalog else None) if detect else None
-    summary = run_linear_probe(
-        dataset, root, handle, out,
-        probe_config=ProbeConfig(c_mode=c_mode, c=c, seed=seed, smoothing=smoothing,  # type: ignore[arg-type]
-                                 savgol_window=savgol_window, savgol_order=savgol_order),
-        feature_config=FeatureConfig(detector=det, det_imgsz=det_imgsz), cache_dir=cache_dir, batch_size=batch_size,
-        device=device, limit=limit)
+    try:
+        check_layout(dataset, root)  # a wrong folder fails before a model is loaded
+    except DatasetLayoutError as e:
+        _fail(f"{root} does not have the {dataset} layout: {e}")
+    try:
+        handle = load_model(str(checkpoint) if checkpoint else None,
+                            str(official_checkpoint) if official_checkpoint else None,
+                            profile, device, allow_pickle, str(catalog) if catalog else None)
+        det = detector_for(profile, str(catalog) if catalog else None) if detect else None
+    except (CatalogError, ModelNotAvailable, OSError, ValueError) as e:
+        _fail(f"could not load the model: {e}")
+    try:
+        summary = run_linear_probe(
+            dataset, root, handle, out,
+            probe_config=ProbeConfig(c_mode=c_mode, c=c, seed=seed, smoothing=smoothing,  # type: ignore[arg-type]
+                                     savgol_window=savgol_window, savgol_order=savgol_order),
+            feature_config=FeatureConfig(detector=det, det_imgsz=det_imgsz), cache_dir=cache_dir,
+            batch_size=batch_size, device=device, limit=limit)
+    except NoUsableSamples as e:
+        _fail(str(e))
+    except DatasetLayoutError as e:
+        _fail(f"{root} does not have the {dataset} layout: {e}")
     summary.pop("rows")
     return summary
+
+
+@app.command("paper")
+def paper_cmd(
+    table: Optional[str] = typer.Option(
+        None, "--table", help="4 (Table 4 a-e), 4a..4e, 1, 3, A3 (appendix Table 3), 5 or A5 (appendix Table 5); "
+                              "default: all."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON record per number, with its source."),
+) -> None:
+    """Print the paper's linear-probe numbers (paper Tables 1, 3, 4 and appendix Tables 3, 5)."""
+    from emotionclip.evaluation import paper
+
+    names = [table] if table else ["4", "1", "3", "A3", "A5"]
+    try:
+        keys = [k for n in names for k in paper.table_keys(n)]
+    except KeyError as e:
+        typer.echo(str(e.args[0]), err=True)
+        raise typer.Exit(2)
+    if as_json:
+        typer.echo(json.dumps([r for k in keys for r in paper.records(k)], indent=2, ensure_ascii=False))
+    else:
+        typer.echo("\n".join(paper.table_markdown(k) for k in keys))

@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from emotionclip.cli._common import CatalogOpt, SetOpt, open_catalog
+from emotionclip.cli._common import CatalogOpt, SetOpt, fail_usage, open_catalog
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -29,8 +29,7 @@ def build_tiny(
     try:
         paths = build_tiny_models(target, only=only or None, force=force)
     except ValueError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2)
+        fail_usage(str(e))
     typer.echo(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
 
 

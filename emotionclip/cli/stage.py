@@ -9,14 +9,25 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
-from emotionclip.cli._common import CatalogOpt, DataRootOpt, ProfileOpt, SetOpt, open_catalog
+from emotionclip.cli._common import CatalogOpt, DataRootOpt, ProfileOpt, SetOpt, fail_usage
+from emotionclip.cli._common import open_catalog as _open_catalog
 from emotionclip.stages.registry import STAGES
 
+if TYPE_CHECKING:
+    from emotionclip.core.catalog import Catalog
+
 app = typer.Typer(no_args_is_help=True)
+
+
+def open_catalog(catalog: Optional[Path], profile: Optional[str], data_root: Optional[str],
+                 sets: Optional[list[str]]) -> "Catalog":
+    """Every command of this group writes under the data root: check it can (exit 2 with
+    one line naming the root), rather than fail with an OSError inside the stage."""
+    return _open_catalog(catalog, profile, data_root, sets, writable=True)
 
 
 def _emit(obj) -> None:
@@ -106,18 +117,28 @@ for _stage in STAGES.values():
 
 @app.command("manifests", help=STAGES["manifests"].help)
 def manifests(
-    video_id: Optional[list[str]] = typer.Option(None, "--video-id", "-v", help="Videos to include (default: all with clips)."),
+    force: bool = typer.Option(False, help="Write even if the new set shrinks the current generation by more than "
+                                           "stages.manifests.max_shrink_fraction (or to zero)."),
+    video_id: Optional[list[str]] = typer.Option(None, "--video-id", "-v", hidden=True),
     catalog: Optional[Path] = CatalogOpt,
     profile: Optional[str] = ProfileOpt,
     data_root: Optional[str] = DataRootOpt,
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
+    """Rebuilt from every video whose clips are up to date: a subset would replace the dataset with part of it."""
+    from emotionclip.core.manifest_store import ManifestShrinkError
     from emotionclip.stages.manifests import build_manifests
-    from emotionclip.stages.registry import is_up_to_date, list_video_ids
+    from emotionclip.stages.registry import done_video_ids
 
+    if video_id:
+        typer.echo("error: --video-id is not accepted: the manifests are always rebuilt from every video whose "
+                   "clips stage is up to date", err=True)
+        raise typer.Exit(2)
     cat = open_catalog(catalog, profile, data_root, set_)
-    ids = video_id or [v for v in list_video_ids(cat) if is_up_to_date(cat, "clips", v)]
-    _emit(build_manifests(cat, ids, []))
+    try:
+        _emit(build_manifests(cat, done_video_ids(cat), [], force=force))
+    except ManifestShrinkError as e:
+        fail_usage(str(e))
 
 
 @app.command("card", help=STAGES["card"].help)

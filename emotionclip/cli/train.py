@@ -7,6 +7,9 @@
 --ablation applies a named row of the paper's Table 1 or Table 3
 (`emotionclip train --list-ablations` prints them with the paper's BoLD numbers).
 
+Bad inputs (missing frame stores, broken manifest rows, an unreadable
+checkpoint) are one line on stderr and exit code 2; a full disk, exit code 1.
+
 Writes checkpoints under OUT/checkpoints, OUT/metrics.jsonl (one JSON line per
 logged step) and TensorBoard files under OUT/tensorboard. Several GPUs on this
 node: --nproc N (torchrun); several nodes: run
@@ -15,12 +18,13 @@ node: --nproc N (torchrun); several nodes: run
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from emotionclip.cli._common import parse_overrides
+from emotionclip.cli._common import fail_usage, parse_overrides
 
 
 def app(
@@ -46,6 +50,7 @@ def app(
 
     from emotionclip.training.ablations import ABLATIONS
     from emotionclip.training.config import make_config
+    from emotionclip.training.errors import TrainingInputError
     from emotionclip.training.launch import run_training
 
     if list_ablations:
@@ -63,9 +68,17 @@ def app(
     try:
         config = make_config(preset, ablation=ablation, **values)
     except (ValueError, ValidationError) as e:
-        typer.echo(f"error: {e}", err=True)
+        fail_usage(str(e))
+    try:
+        outcome = run_training(config, nproc=nproc)
+    except TrainingInputError as e:  # the user's to fix (the message says how): no traceback
+        typer.echo(f"error: {_one_line(e)}", err=True)
         raise typer.Exit(2)
-    outcome = run_training(config, nproc=nproc)
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        typer.echo(f"error: {_one_line(e)}; checkpoints in {out} can be resumed with --resume latest", err=True)
+        raise typer.Exit(1)
     if not outcome.ok:
         typer.echo(f"error: torchrun exited with {outcome.returncode}; checkpoints in {out} can be resumed with "
                    "--resume latest", err=True)
@@ -75,3 +88,8 @@ def app(
     result = outcome.result
     typer.echo(json.dumps({"step": result.step, "epoch": result.epoch, "loss": result.last_loss,
                            "checkpoint": result.checkpoint}))
+
+
+def _one_line(err: BaseException) -> str:
+    text = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+    return " ".join(text.split())

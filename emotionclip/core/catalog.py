@@ -11,6 +11,9 @@ import copy
 import hashlib
 import json
 import os
+import re
+import string
+import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,7 +42,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+# "s3:", "file:", "C:" at the start: a scheme or drive, so not a path under the data root.
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+
+
 class Artifacts(_Strict):
+    """Locations relative to the data root; `{video_id}` is the only placeholder."""
+
     candidates: str = "search/candidates.parquet"
     download_archive: str = "download_archive.txt"
     video_dir: str = "videos/{video_id}"
@@ -55,6 +64,25 @@ class Artifacts(_Strict):
     rejected: str = "manifests/rejected.parquet"
     failures: str = "manifests/failures.parquet"
     dataset_card: str = "card"
+
+    @field_validator("*")
+    @classmethod
+    def _under_data_root(cls, v: str) -> str:
+        # A template must not reach outside the data root: stages write there, and
+        # `..` or an absolute path would let a catalog overwrite any file.
+        if not v.strip():
+            raise ValueError("must not be empty")
+        if v.startswith(("/", "\\")) or _SCHEME.match(v):
+            raise ValueError(f"{v!r} must be a relative path under the data root (no absolute path or URL scheme)")
+        if ".." in re.split(r"[/\\]", v):
+            raise ValueError(f"{v!r} must stay under the data root (no '..' path components)")
+        try:
+            fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(v) if name is not None]
+        except ValueError as e:
+            raise ValueError(f"{v!r}: bad placeholder ({e})") from None
+        if any(f != ("video_id", "", None) for f in fields):
+            raise ValueError(f"{v!r}: the only placeholder allowed is {{video_id}}")
+        return v
 
 
 class ModelProfile(_Strict):
@@ -140,6 +168,13 @@ class FilterParams(_Strict):
 
 class ManifestParams(_Strict):
     shard_size: int = Field(10000, ge=1)
+    # A rebuild keeping fewer clips than the current generation by more than this
+    # fraction (or none at all) is refused unless forced: a mistyped override or an
+    # incomplete run must not replace good manifests. 1.0 refuses only the drop to zero.
+    max_shrink_fraction: float = Field(0.5, ge=0, le=1)
+    # Generations kept on disk for `emotionclip manifests rollback`; at least 2, so a
+    # reader that opened the previous pointer still finds its shards.
+    keep_generations: int = Field(5, ge=2)
 
 
 class StageParams(_Strict):
@@ -243,6 +278,8 @@ def _format_validation_error(err: ValidationError) -> str:
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
+        elif e["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
         lines.append(f"{key}: {msg}")
     return "invalid catalog: " + "; ".join(lines)
 
@@ -267,10 +304,24 @@ def dotted_to_nested(overrides: dict[str, Any] | None) -> dict[str, Any]:
             continue
         parts = key.split(".")
         cur = nested
-        for p in parts[:-1]:
+        for i, p in enumerate(parts[:-1]):
             cur = cur.setdefault(p, {})
+            if not isinstance(cur, dict):  # e.g. both `a=1` and `a.b=2`
+                raise CatalogError(f"override {key}: {'.'.join(parts[:i + 1])} is already set to a value")
         cur[parts[-1]] = value
     return nested
+
+
+def describe_yaml_error(err: yaml.YAMLError) -> str:
+    """One line: where (1-based line and column, when YAML says) and what is wrong."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + " ".join(problem.split())
+
+
+def _is_local_relative(p: str) -> bool:
+    return "://" not in p and not os.path.isabs(p)
 
 
 def default_catalog_path() -> Path:
@@ -288,20 +339,48 @@ def load_catalog(
     (`{"stages.filter.max_neutral": 0.2}`)."""
     p = Path(path) if path is not None else default_catalog_path()
     try:
-        raw = yaml.safe_load(p.read_text()) or {}
+        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise CatalogError(f"catalog file not found: {p}") from None
     except yaml.YAMLError as e:
-        raise CatalogError(f"catalog {p} is not valid YAML: {e}") from None
+        raise CatalogError(f"catalog {p} is not valid YAML at {describe_yaml_error(e)}") from None
+    except UnicodeDecodeError:
+        raise CatalogError(f"catalog {p} is not UTF-8 text") from None
+    except OSError as e:
+        raise CatalogError(f"catalog {p} cannot be read: {e.strerror or e}") from None
     if not isinstance(raw, dict):
         raise CatalogError(f"catalog {p}: top level must be a mapping")
     raw = deep_update(raw, dotted_to_nested(overrides))
     if profile is not None:
         raw["profile"] = profile
     if data_root is not None:
-        raw["data_root"] = data_root
+        # Given by the caller (--data-root, a flow parameter): relative to the current
+        # directory, like every other path on a command line. A data_root written in the
+        # catalog file stays relative to the catalog's folder (Catalog._resolve).
+        raw["data_root"] = str(Path(data_root).resolve()) if _is_local_relative(data_root) else data_root
     raw["base_dir"] = str(p.resolve().parent)
     return catalog_from_dict(raw)
+
+
+def check_data_root(catalog: Catalog) -> str:
+    """Make sure a local data root can be written: create it when missing, then write and
+    remove a probe file. Raises CatalogError naming the root; returns the root. Remote
+    (fsspec URL) roots are not probed: their stores report their own errors."""
+    root = catalog.root
+    if "://" in root and not root.startswith("file://"):
+        return root
+    path = Path(root.removeprefix("file://"))
+    if path.exists() and not path.is_dir():
+        raise CatalogError(f"data root {path} is not writable: it is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        where = f" ({e.filename})" if e.filename and str(e.filename) != str(path) else ""
+        raise CatalogError(f"data root {path} is not writable: {e.strerror or e}{where}") from None
+    return root
 
 
 def catalog_from_dict(raw: dict[str, Any]) -> Catalog:

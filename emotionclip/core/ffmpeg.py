@@ -1,21 +1,28 @@
-"""The ffmpeg binary (from the imageio-ffmpeg wheel: no system package needed).
+"""The ffmpeg binary (from the imageio-ffmpeg wheel: no system package needed),
+and `probe_video`, the one probe every stage uses.
 
 Always called with argument lists, never shell strings. imageio-ffmpeg ships no
-ffprobe, so `probe_video` (the one probe every stage uses) reads duration,
-displayed size and rate from `ffmpeg -i`'s log.
+ffprobe, so the probe reads the stream metadata with PyAV (FFmpeg's libraries):
+fields, not a log meant for people.
 
-The binary, not PyAV: PyAV was measured no faster on the frames and humans
-stages nor on the probe, and the binary keeps ffmpeg's autorotate, one FFmpeg
-build, and a decoder crash in a child process rather than in the worker.
+Decoding stays with the binary: PyAV was measured no faster on the frames and
+humans stages, and the binary keeps ffmpeg's autorotate and a decoder crash in
+a child process rather than in the worker. The probe decodes at most one frame,
+for the display matrix.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-import re
 import subprocess
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from av.container import InputContainer
+    from av.video.stream import VideoStream
 
 
 class FFmpegError(RuntimeError):
@@ -51,10 +58,10 @@ def run_ffmpeg(args: list[str], *, timeout: float | None = None) -> subprocess.C
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """What ffmpeg reports about a file's first video stream. `width`/`height`
-    are as displayed: swapped for a display matrix of 90/270 degrees (a phone
-    video), which ffmpeg's autorotate applies when decoding, so they match the
-    decoded frames. `duration_s` is NaN when no duration can be found."""
+    """What a file's first video stream declares. `width`/`height` are as
+    displayed: swapped for a display matrix of 90/270 degrees (a phone video),
+    which ffmpeg's autorotate applies when decoding, so they match the decoded
+    frames. `duration_s` is NaN when no duration can be found."""
 
     duration_s: float
     width: int
@@ -63,81 +70,126 @@ class VideoInfo:
     rotation: int = 0  # display-matrix degrees as ffmpeg prints them, in [0, 360)
 
 
-_DURATION = re.compile(r"Duration:\s*(\d+):(\d+):(\d+(?:\.\d+)?)")
-_STREAM = re.compile(r"Stream #\d+:\d+.*?: Video: (.*)$")
-_SIZE = re.compile(r",\s(\d+)x(\d+)\b")
-_FPS = re.compile(r"(\d+(?:\.\d+)?)(k?) (?:fps|tbr)\b")
-# Only the display matrix: it is what autorotate applies when decoding. A bare
-# `rotate` tag (Matroska, old muxers) is not applied, so it does not swap the size.
-_ROTATION = re.compile(r"(?:displaymatrix|Display Matrix): rotation of (-?\d+(?:\.\d+)?) degrees", re.I)
-_TIME = re.compile(r"time=\s*(\d+):(\d+):(\d+(?:\.\d+)?)")
+# Packets to try before giving up on a first frame (and so on a display matrix):
+# enough for a decoder's reorder delay and a few damaged packets at the start.
+_FIRST_FRAME_PACKETS = 64
 
 
-def _hms(m: re.Match) -> float:
-    return int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3))
+def _video_stream(container: InputContainer) -> VideoStream | None:
+    """The first video stream with a size that is not cover art: the stream
+    ffmpeg's `-map 0:V:0` decodes."""
+    import av
 
-
-def parse_probe(log: str, name: str = "video") -> VideoInfo:
-    """Parse the log of `ffmpeg -i FILE` (no output) into a VideoInfo."""
-    if "Input #0" not in log:
-        raise VideoProbeError(f"{name}: not a readable media file: {stderr_tail(log, 4)}")
-    lines = log.splitlines()
-    for i, line in enumerate(lines):
-        m = _STREAM.search(line)
-        if not m or "attached pic" in line:  # cover art is not the video
+    for stream in container.streams.video:
+        if stream.disposition & av.stream.Disposition.attached_pic:
             continue
-        desc = m.group(1)
-        size = _SIZE.search(desc)
-        if not size:
-            continue
-        width, height = int(size.group(1)), int(size.group(2))
-        fps_m = _FPS.search(desc)
-        fps = float(fps_m.group(1)) * (1000 if fps_m.group(2) else 1) if fps_m else None
-        # The stream's own block (metadata, side data) runs until the next stream.
-        block = []
-        for nxt in lines[i + 1:]:
-            if "Stream #" in nxt or nxt.startswith(("Output", "Input")):
-                break
-            block.append(nxt)
-        block_text = "\n".join(block)
-        rot_m = _ROTATION.search(block_text)
-        rotation = int(round(float(rot_m.group(1)))) % 360 if rot_m else 0
-        if rotation in (90, 270):
-            width, height = height, width
-        dur_m = _DURATION.search(log)
-        duration = _hms(dur_m) if dur_m else float("nan")
-        return VideoInfo(duration, width, height, fps, rotation)
-    raise VideoProbeError(f"{name}: no video stream")
+        if stream.codec_context.width > 0 and stream.codec_context.height > 0:
+            return stream
+    return None
 
 
-def _last_timestamp(path: str, *, decode: bool) -> float | None:
-    """The last video timestamp ffmpeg reaches reading `path` to null, or None."""
-    codec = [] if decode else ["-c", "copy"]
-    proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", path, "-map", "0:v:0", *codec,
-                           "-f", "null", "-"], capture_output=True, timeout=600)
-    times = _TIME.findall(proc.stderr.decode(errors="replace"))
-    if not times:
+def _seconds(ts: int | None, time_base: Fraction | None) -> float | None:
+    if ts is None or time_base is None or ts <= 0:
         return None
-    h, m, s = times[-1]
-    return int(h) * 3600 + int(m) * 60 + float(s)
+    return float(ts * time_base)
+
+
+def _scan(container: InputContainer, stream: VideoStream, fps: float | None, *,
+          to_end: bool) -> tuple[int, float | None]:
+    """(rotation, demuxed duration) from one pass over `stream`'s packets.
+
+    Rotation: the display matrix the decoder attaches to the first frame (PyAV
+    exposes no stream-level side data). Duration, only when `to_end`: from the
+    packet timestamps, else the packet durations, else the packet count at
+    `fps` (a raw elementary stream has no timestamps; its parser still times
+    most frames)."""
+    import av
+
+    rotation: int | None = None
+    tried = 0
+    first = end = None
+    total = n = 0
+    try:
+        for packet in container.demux(stream):
+            if rotation is None and tried < _FIRST_FRAME_PACKETS:
+                tried += 1
+                try:
+                    frames = stream.decode(packet)  # the final empty packet flushes the decoder
+                except av.FFmpegError:
+                    frames = []  # a damaged packet: the next one may decode
+                if frames:
+                    rotation = frames[0].rotation
+            if packet.size == 0:
+                continue
+            if not to_end:
+                if rotation is not None or tried >= _FIRST_FRAME_PACKETS:
+                    break
+                continue
+            n += 1
+            total += packet.duration or 0
+            ts = packet.pts if packet.pts is not None else packet.dts
+            if ts is not None:
+                first = ts if first is None else min(first, ts)
+                end = max(end if end is not None else ts, ts + (packet.duration or 0))
+    except av.FFmpegError:
+        pass  # a read error mid-file (truncated): keep what was read before it
+    if first is not None and end is not None and end > first:
+        duration = _seconds(end - first, stream.time_base)
+    elif total:
+        duration = _seconds(total, stream.time_base)
+    else:
+        duration = n / fps if n and fps else None
+    return (rotation or 0), duration
+
+
+def _frame_rate(container: InputContainer, stream: VideoStream) -> float | None:
+    import av
+
+    rates = [stream.average_rate, stream.guessed_rate]
+    if container.format.flags & av.format.Flags.no_timestamps.value:
+        # A raw stream's average rate is the demuxer's default (25), not the stream's.
+        rates.reverse()
+    rate = next((r for r in rates if r), None)
+    return float(rate) if rate else None
+
+
+def _swaps_size(rotation: int) -> bool:
+    # PyAV truncates the matrix angle to an int (89.99 -> 89); autorotate takes
+    # anything within a degree of a quarter turn as one.
+    r = rotation % 360
+    return abs(r - 90) <= 1 or abs(r - 270) <= 1
 
 
 def probe_video(path: str | os.PathLike) -> VideoInfo:
-    """Duration, displayed size and frame rate of a video, from `ffmpeg -i`.
+    """Duration, displayed size and frame rate of a video, read from the
+    container's stream metadata with PyAV (imageio-ffmpeg ships no ffprobe).
 
-    When the container has no duration (a WebM written to a pipe, a raw
-    stream), the video is remuxed to null (no decoding) and the last timestamp
-    taken; a raw elementary stream has no timestamps to copy, so it is decoded."""
+    The duration is the video stream's, else the container's; when neither is
+    stored (a WebM written to a pipe, a raw stream) the packets are demuxed to
+    the end. Raises VideoProbeError for a missing file, one no demuxer reads,
+    and one with no video stream."""
+    import av  # here, not at the top: ~50 ms that only the probe needs
+
     path = os.fspath(path)
     if "://" not in path and not os.path.exists(path):
         raise VideoProbeError(f"{path}: file not found")
-    proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", path],
-                          capture_output=True, timeout=120)
-    info = parse_probe(proc.stderr.decode(errors="replace"), name=path)
-    if info.duration_s != info.duration_s:  # NaN: "Duration: N/A"
-        duration = _last_timestamp(path, decode=False)
+    try:
+        container = av.open(path, metadata_errors="replace", timeout=120)
+    except (av.FFmpegError, OSError, UnicodeError) as e:
+        raise VideoProbeError(f"{path}: not a readable media file: {e}") from None
+    with container:
+        stream = _video_stream(container)
+        if stream is None:
+            raise VideoProbeError(f"{path}: no video stream")
+        width, height = stream.codec_context.width, stream.codec_context.height
+        duration = _seconds(stream.duration, stream.time_base)
         if duration is None:
-            duration = _last_timestamp(path, decode=True)
-        if duration is not None:
-            info = replace(info, duration_s=duration)
-    return info
+            duration = _seconds(container.duration, Fraction(1, av.time_base))
+        fps = _frame_rate(container, stream)
+        rotation, demuxed = _scan(container, stream, fps, to_end=duration is None)
+        if duration is None:
+            duration = demuxed
+    rotation %= 360
+    if _swaps_size(rotation):
+        width, height = height, width
+    return VideoInfo(float("nan") if duration is None else duration, width, height, fps, rotation)

@@ -8,9 +8,11 @@ Paths may be local or fsspec URLs (s3://, gs://, memory://).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
+import re
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -132,3 +134,153 @@ def parquet_metadata(path: str | os.PathLike) -> dict[str, str]:
     with open_file(path, "rb") as f:
         meta = pq.read_schema(f).metadata or {}
     return {k.decode(): v.decode() for k, v in meta.items()}
+
+
+# --- Output fingerprints -----------------------------------------------------
+# What a stage marker records about each output, so that the up-to-date check can
+# tell a finished output from a truncated or overwritten one without reading it
+# whole: the size plus a checksum of the part a reader depends on first (a zip's
+# central directory, a Parquet footer). A cut-off file loses that part or moves it.
+
+_SMALL_FILE = 1 << 20  # other files: hashed whole below 1 MiB, else their last 64 KiB
+_TAIL = 64 << 10
+_EOCD_SIG = b"PK\x05\x06"
+_EOCD_LEN = 22
+_ZIP64_LOCATOR_SIG = b"PK\x06\x07"
+_ZIP64_EOCD_SIG = b"PK\x06\x06"
+_CD_SIG = b"PK\x01\x02"
+
+
+def _read_range(f, start: int, length: int) -> bytes:
+    f.seek(start)
+    data = f.read(length)
+    if len(data) != length:
+        raise ValueError(f"short read at byte {start}: {len(data)} of {length} bytes")
+    return data
+
+
+def _zip_region(f, size: int) -> bytes:
+    """The central directory through the end of the file (zip64 records and the End
+    Of Central Directory record with its comment), checked for consistency. Parsed
+    here rather than by zipfile, which accepts an End Of Central Directory record
+    whose comment was cut off (a file truncated by a few bytes)."""
+    tail_len = min(size, _EOCD_LEN + 0xFFFF)  # the EOCD is followed by at most a 64 KiB comment
+    tail = _read_range(f, size - tail_len, tail_len)
+    pos = tail.rfind(_EOCD_SIG)
+    while pos >= 0:  # the last signature whose comment length reaches exactly the end of the file
+        if pos + _EOCD_LEN <= len(tail) and pos + _EOCD_LEN + int.from_bytes(tail[pos + 20:pos + 22], "little") == len(tail):
+            break
+        pos = tail.rfind(_EOCD_SIG, 0, pos)
+    if pos < 0:
+        raise ValueError("no End Of Central Directory record at the end (truncated zip?)")
+    eocd_at = size - tail_len + pos
+    eocd = tail[pos:pos + _EOCD_LEN]
+    cd_size = int.from_bytes(eocd[12:16], "little")
+    cd_offset = int.from_bytes(eocd[16:20], "little")
+    cd_end = eocd_at
+    if cd_size == 0xFFFFFFFF or cd_offset == 0xFFFFFFFF or eocd[10:12] == b"\xff\xff":
+        if eocd_at < 20:
+            raise ValueError("zip64 locator missing")
+        loc = _read_range(f, eocd_at - 20, 20)
+        if loc[:4] != _ZIP64_LOCATOR_SIG:
+            raise ValueError("zip64 locator missing")
+        z64_at = int.from_bytes(loc[8:16], "little")
+        if not 0 <= z64_at <= eocd_at - 20 - 56:
+            raise ValueError("zip64 End Of Central Directory offset out of range")
+        z64 = _read_range(f, z64_at, 56)
+        if z64[:4] != _ZIP64_EOCD_SIG:
+            raise ValueError("zip64 End Of Central Directory record missing")
+        cd_size = int.from_bytes(z64[40:48], "little")
+        cd_offset = int.from_bytes(z64[48:56], "little")
+        cd_end = z64_at
+    if cd_offset + cd_size != cd_end:
+        raise ValueError(f"central directory (offset {cd_offset}, {cd_size} bytes) does not end "
+                         f"at the End Of Central Directory record (byte {cd_end})")
+    region = _read_range(f, cd_offset, size - cd_offset)
+    if cd_size and region[:4] != _CD_SIG:
+        raise ValueError(f"no central directory at byte {cd_offset}")
+    return region
+
+
+def _parquet_region(f, size: int) -> bytes:
+    """The footer: Thrift file metadata, its 4-byte length and the closing "PAR1"."""
+    if size < 12:
+        raise ValueError(f"{size} bytes is too short for Parquet")
+    end = _read_range(f, size - 8, 8)
+    if end[4:] != b"PAR1":
+        raise ValueError("no Parquet footer magic 'PAR1' at the end (truncated file?)")
+    meta_len = int.from_bytes(end[:4], "little")
+    if meta_len > size - 12:
+        raise ValueError(f"Parquet footer length {meta_len} exceeds the file ({size} bytes)")
+    return _read_range(f, size - 8 - meta_len, meta_len) + end
+
+
+def _fingerprint(fs, p: str, name: str, size: int) -> dict[str, Any]:
+    with fs.open(p, "rb") as f:
+        if name.endswith(".zip"):
+            kind, region = "zip-central-directory", _zip_region(f, size)
+        elif name.endswith(".parquet"):
+            kind, region = "parquet-footer", _parquet_region(f, size)
+        elif size < _SMALL_FILE:
+            kind, region = "whole-file", _read_range(f, 0, size)
+        else:
+            kind, region = "last-64KiB", _read_range(f, size - _TAIL, _TAIL)
+    return {"size": size, "region": kind, "sha256": hashlib.sha256(region).hexdigest()}
+
+
+def fingerprint_output(path: str | os.PathLike) -> dict[str, Any]:
+    """A cheap identity of a finished output: {"size", "region", "sha256"}, where
+    sha256 covers the zip's central directory + End Of Central Directory record, the
+    Parquet footer, or for other files the whole file below 1 MiB, else its last 64
+    KiB. Reads only the file's size and tail (ranged reads on an object store).
+    Raises ValueError when that region is missing or inconsistent (a truncated
+    file), OSError when the file cannot be read."""
+    fs, p = fsspec.core.url_to_fs(str(path))
+    return _fingerprint(fs, p, str(path), int(fs.size(p)))
+
+
+def check_output(path: str | os.PathLike, expected: dict[str, Any]) -> str | None:
+    """None when `path` still matches `expected` (a `fingerprint_output` result),
+    else why not (e.g. "size 123 != 456"). Compares the size first, so a resized
+    file costs no read."""
+    fs, p = fsspec.core.url_to_fs(str(path))
+    try:
+        size = int(fs.size(p))
+    except (OSError, ValueError) as e:
+        return f"unreadable: {e}"
+    if size != expected.get("size"):
+        return f"size {size} != {expected.get('size')}"
+    try:
+        now = _fingerprint(fs, p, str(path), size)
+    except (OSError, ValueError) as e:
+        return f"unreadable: {e}"
+    if now != expected:
+        return f"{now['region']} checksum {now['sha256'][:12]} != {str(expected.get('sha256'))[:12]}"
+    return None
+
+
+def remove_stale_temps(path: str | os.PathLike) -> list[str]:
+    """Remove the temporary files (or folders) that `atomic_path` left next to a
+    local `path` when a run was killed mid-write; returns what was removed.
+    Only safe while nobody is writing `path` (the caller holds its writer's lock):
+    a live writer's temporary file has the same name pattern. Remote paths have no
+    such files (their temporary copy is local), so nothing is done there."""
+    if not is_local(path):
+        return []
+    final = _local(path)
+    if not final.parent.is_dir():
+        return []
+    # exactly the names atomic_path makes: ".<name>.tmp-<hex>"
+    pattern = re.compile(re.escape(f".{final.name}.tmp-") + "[0-9a-f]+")
+    removed = []
+    for entry in os.scandir(final.parent):
+        if not pattern.fullmatch(entry.name):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            import shutil
+
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            Path(entry.path).unlink(missing_ok=True)
+        removed.append(entry.path)
+    return removed

@@ -1,11 +1,11 @@
 """The clip-manifest format (docs/design.md section 3): the Parquet shards training
 reads, plus `rejected` (with reasons) and `failures`. Written by the manifests
 stage, read by training, evaluation tools and the dataset card.
-plus `rejected` (with reasons) and `failures`.
 
 Layout under the manifests folder:
 
     _manifest.json                 # the commit point: shards, counts, fingerprint
+    v-<time>-<id>/_generation.json # that generation's own copy of its pointer content
     v-<time>-<id>/clips-00000.parquet
     v-<time>-<id>/clips-00001.parquet ...
 
@@ -13,9 +13,15 @@ A new set of shards is written into a fresh generation folder that nothing
 references yet; `_manifest.json` is then replaced atomically to point at it.
 A reader going through `read_manifests` therefore sees the old set or the new
 set, never a mix, and a killed run leaves the previous set intact (this also
-works on object stores, which have no atomic folder rename). The previous
-generation is kept, so a reader that started before the switch can finish;
-older ones are removed.
+works on object stores, which have no atomic folder rename). The newest
+`keep_generations` generations (and always the one that was current) are kept:
+a reader that started before the switch can finish, and `rollback` can make an
+older one current again from its `_generation.json`.
+
+Two guards keep a bad build from replacing good manifests: a write that would
+shrink the current generation by more than `max_shrink_fraction` (or empty it)
+raises ManifestShrinkError unless forced, and every row's sentiment scores are
+validated on write and on read (`schemas.validate_scores`).
 
 Rows are sorted by (video_id, sentence_idx), so the same clips give the same
 shards byte for byte.
@@ -36,13 +42,26 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from emotionclip.core.io import atomic_write_json, atomic_write_parquet, exists, open_file, read_json
-from emotionclip.core.schemas import FAILURES, MANIFEST, REJECTED, SchemaError, validate_table
+from emotionclip.core.schemas import FAILURES, MANIFEST, REJECTED, SchemaError, validate_scores, validate_table
 
 MANIFEST_FILE = "_manifest.json"
+GENERATION_FILE = "_generation.json"
 SHARD_PATTERN = "clips-{:05d}.parquet"
 FORMAT = "emotionclip-manifest"
 FORMAT_VERSION = 1
 _SORT = ["video_id", "sentence_idx"]
+# The pointer plus the newest one: a reader that opened the pointer just before a
+# switch still finds its shards.
+MIN_KEEP_GENERATIONS = 2
+
+
+class ManifestShrinkError(ValueError):
+    """A new generation would lose too many of the current generation's clips."""
+
+    def __init__(self, message: str, previous: int, new: int):
+        super().__init__(message)
+        self.previous = previous
+        self.new = new
 
 
 def _join(base: str | os.PathLike, *parts: str) -> str:
@@ -73,8 +92,39 @@ def catalog_fingerprint(catalog: Any) -> str:
     """Hash of every stage's parameters and models: what made these manifests."""
     from emotionclip.core.catalog import STAGES
 
-    payload = {"profile": catalog.profile, "stages": {s: catalog.stage_fingerprint(s) for s in STAGES}}
+    stages = {s: catalog.stage_fingerprint(s) for s in STAGES if s != "manifests"}
+    # Of the manifests parameters only the sharding shapes the output; the guards
+    # (max_shrink_fraction, keep_generations) do not change what was made.
+    stages["manifests"] = {"shard_size": catalog.stages.manifests.shard_size}
+    payload = {"profile": catalog.profile, "stages": stages}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _new_generation_name() -> str:
+    # Microseconds: generations written within one second still sort by time.
+    return f"v-{_dt.datetime.now(_dt.timezone.utc):%Y%m%dT%H%M%S%fZ}-{uuid.uuid4().hex[:8]}"
+
+
+def check_shrink(
+    out_dir: str | os.PathLike, new_clips: int, max_shrink_fraction: float | None, force: bool = False
+) -> None:
+    """Raise ManifestShrinkError when `new_clips` would replace the current generation's
+    n_clips with none, or with fewer by more than `max_shrink_fraction` (None: only the
+    drop to zero is refused). Nothing is checked when forced or with no current generation."""
+    if force:
+        return
+    current = _pointer(_join(str(out_dir), MANIFEST_FILE))
+    previous = int((current or {}).get("n_clips") or 0)
+    if previous <= 0:
+        return
+    lost = (previous - new_clips) / previous
+    too_many = max_shrink_fraction is not None and lost > max_shrink_fraction
+    if new_clips == 0 or too_many:
+        limit = "to zero" if new_clips == 0 else f"by {lost:.0%}, more than max_shrink_fraction={max_shrink_fraction}"
+        raise ManifestShrinkError(
+            f"{out_dir}: refusing to shrink the manifests from {previous} to {new_clips} clips ({limit}, current "
+            f"generation {current.get('generation')}); check the catalog overrides and the videos' clips, "
+            f"or force the write (force=True, --force)", previous, new_clips)
 
 
 def write_manifests(
@@ -83,17 +133,30 @@ def write_manifests(
     shard_size: int = 10000,
     fingerprint: str | None = None,
     extra: dict[str, Any] | None = None,
+    *,
+    keep_generations: int = MIN_KEEP_GENERATIONS,
+    max_shrink_fraction: float | None = None,
+    force: bool = False,
 ) -> list[str]:
     """Write the kept clips as shards of `shard_size` rows and switch
     `_manifest.json` to them in one atomic step. Returns the shard paths.
-    An empty set still gets one (empty) shard, so readers see the schema."""
+    An empty set still gets one (empty) shard, so readers see the schema.
+
+    Raises SchemaError for rows with invalid sentiment scores and
+    ManifestShrinkError when the set would shrink too much (see `check_shrink`),
+    both before anything is written. Keeps the newest `keep_generations`
+    generations (at least 2) and the one that was current."""
     if shard_size < 1:
         raise ValueError("shard_size must be >= 1")
+    if keep_generations < MIN_KEEP_GENERATIONS:
+        raise ValueError(f"keep_generations must be >= {MIN_KEEP_GENERATIONS}, got {keep_generations}")
     table = _sorted(_as_table(kept, MANIFEST, "manifest"))
     out_dir = str(out_dir)
+    validate_scores(table, f"manifest for {out_dir}")
+    check_shrink(out_dir, table.num_rows, max_shrink_fraction, force)
     pointer = _join(out_dir, MANIFEST_FILE)
     previous = _generation_of(pointer)
-    generation = f"v-{_dt.datetime.now(_dt.timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+    generation = _new_generation_name()
 
     shards, paths = [], []
     n_shards = max(1, -(-table.num_rows // shard_size))
@@ -105,44 +168,121 @@ def write_manifests(
             atomic_write_parquet(path, part)
             shards.append({"path": rel, "rows": part.num_rows})
             paths.append(path)
+        content = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "generation": generation,
+            "shards": shards,
+            "n_clips": table.num_rows,
+            "n_videos": len(set(table.column("video_id").to_pylist())),
+            "fingerprint": fingerprint,
+            "created": _now(),
+            "columns": [f.name for f in MANIFEST],
+            **(extra or {}),
+        }
+        # The generation's own record of its pointer: what `rollback` restores.
+        atomic_write_json(_join(out_dir, generation, GENERATION_FILE), content)
     except BaseException:
         # Nothing points at this generation yet: drop it, the previous set stays current.
-        _remove_old_generations(out_dir, keep={previous}, only={generation})
+        _remove_generations(out_dir, [generation])
         raise
-    atomic_write_json(pointer, {
-        "format": FORMAT,
-        "version": FORMAT_VERSION,
-        "generation": generation,
-        "shards": shards,
-        "n_clips": table.num_rows,
-        "n_videos": len(set(table.column("video_id").to_pylist())),
-        "fingerprint": fingerprint,
-        "created": _now(),
-        "columns": [f.name for f in MANIFEST],
-        **(extra or {}),
-    })
-    _remove_old_generations(out_dir, keep={generation, previous})
+    atomic_write_json(pointer, content)
+    _prune_generations(out_dir, keep_generations, protect={generation, previous})
     return paths
 
 
-def _generation_of(pointer: str) -> str | None:
+def _pointer(pointer: str) -> dict[str, Any] | None:
     if not exists(pointer):
         return None
     try:
-        return read_json(pointer).get("generation")
+        return read_json(pointer)
     except (ValueError, OSError):
         return None
 
 
-def _remove_old_generations(out_dir: str, keep: set[str | None], only: set[str] | None = None) -> None:
-    """Remove generation folders not in `keep` (restricted to `only` when given)."""
+def _generation_of(pointer: str) -> str | None:
+    return (_pointer(pointer) or {}).get("generation")
+
+
+def _generation_dirs(out_dir: str) -> dict[str, str]:
+    """Generation name -> its folder as the filesystem lists it, oldest first."""
     fs, root = fsspec.core.url_to_fs(out_dir)
     if not fs.exists(root):
-        return
+        return {}
+    found = {}
     for entry in fs.ls(root, detail=False):
         name = entry.rstrip("/").rsplit("/", 1)[-1]
-        if name.startswith("v-") and name not in keep and (only is None or name in only):
-            fs.rm(entry, recursive=True)
+        if name.startswith("v-") and fs.isdir(entry):
+            found[name] = entry
+    return dict(sorted(found.items()))
+
+
+def _remove_generations(out_dir: str, names: Iterable[str]) -> None:
+    fs, _ = fsspec.core.url_to_fs(out_dir)
+    dirs = _generation_dirs(out_dir)
+    for name in names:
+        if name in dirs:
+            fs.rm(dirs[name], recursive=True)
+
+
+def _prune_generations(out_dir: str, keep: int, protect: set[str | None]) -> None:
+    """Remove all but the newest `keep` generations and those in `protect`."""
+    names = list(_generation_dirs(out_dir))
+    _remove_generations(out_dir, [n for n in names[:-keep] if n not in protect])
+
+
+def list_generations(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The generations in a manifests folder, newest first: `generation`, `created`,
+    `n_clips`, `n_videos`, `fingerprint`, `current` (what `_manifest.json` points at)
+    and `restorable` (its `_generation.json` and every shard it lists are there)."""
+    path = str(path)
+    current = _generation_of(_join(path, MANIFEST_FILE))
+    out = []
+    for name in reversed(list(_generation_dirs(path))):
+        record = _generation_record(path, name)
+        out.append({
+            "generation": name,
+            "created": (record or {}).get("created"),
+            "n_clips": (record or {}).get("n_clips"),
+            "n_videos": (record or {}).get("n_videos"),
+            "fingerprint": (record or {}).get("fingerprint"),
+            "current": name == current,
+            "restorable": record is not None and all(exists(_join(path, s["path"])) for s in record["shards"]),
+        })
+    return out
+
+
+def _generation_record(path: str, name: str) -> dict[str, Any] | None:
+    """A generation's `_generation.json`, or None when missing, unreadable or not its own."""
+    record = _pointer(_join(path, name, GENERATION_FILE))
+    if not record or record.get("format") != FORMAT or record.get("generation") != name:
+        return None
+    return record
+
+
+def rollback(path: str | os.PathLike, generation: str | None = None) -> dict[str, Any]:
+    """Make an older generation current again: `_manifest.json` is replaced atomically
+    by that generation's recorded pointer content (shards, counts, fingerprint).
+    Default: the newest restorable generation older than the current one.
+    Returns the new pointer content."""
+    path = str(path)
+    gens = list_generations(path)
+    current = next((g["generation"] for g in gens if g["current"]), None)
+    if generation is None:
+        if current is None:
+            raise FileNotFoundError(f"{_join(path, MANIFEST_FILE)}: no current generation to roll back from")
+        older = [g for g in gens if g["generation"] < current and g["restorable"]]
+        if not older:
+            raise ValueError(f"{path}: no older restorable generation than {current} to roll back to")
+        generation = older[0]["generation"]
+    chosen = next((g for g in gens if g["generation"] == generation), None)
+    if chosen is None:
+        raise ValueError(f"{path}: no generation {generation!r}; choose from {[g['generation'] for g in gens]}")
+    record = _generation_record(path, generation)
+    if not chosen["restorable"] or record is None:
+        raise ValueError(f"{_join(path, generation)}: cannot restore: {GENERATION_FILE} or a shard is missing")
+    atomic_write_json(_join(path, MANIFEST_FILE), record)
+    return record
 
 
 def manifest_info(path: str | os.PathLike) -> dict[str, Any]:
@@ -172,13 +312,15 @@ def _shard_paths(path: str) -> list[str]:
 
 def read_manifests(path: str | os.PathLike) -> pd.DataFrame:
     """All manifest rows (a manifests folder, or one shard file), validated
-    against `schemas.MANIFEST`: a missing or mistyped column raises SchemaError
-    naming the column and the shard."""
+    against `schemas.MANIFEST`: a missing or mistyped column, or an invalid
+    sentiment score, raises SchemaError naming the shard, the column and (for a
+    score) the first bad clip."""
     tables = []
     for shard in _shard_paths(str(path)):
         with open_file(shard, "rb") as f:
             table = pq.read_table(f)
         validate_table(table, MANIFEST, f"manifest shard {shard}")
+        validate_scores(table, f"manifest shard {shard}")
         tables.append(table.select([f.name for f in MANIFEST]))
     table = pa.concat_tables(tables) if tables else MANIFEST.empty_table()
     return table.to_pandas()

@@ -5,6 +5,7 @@ One place: writers cast to these, readers validate against them.
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -103,6 +104,56 @@ def validate_table(table: pa.Table, schema: pa.Schema, name: str) -> None:
         got = table.schema.field(field.name).type
         if not got.equals(field.type):
             raise SchemaError(f"{name}: column {field.name!r} has type {got}, expected {field.type}")
+
+
+# Softmax outputs stored as float32 sum to 1 within ~1e-6; 1e-3 leaves room for
+# rounding yet catches rows that are not probabilities at all.
+PROB_SUM_TOLERANCE = 1e-3
+
+
+def _float_column(data: pa.Table | pd.DataFrame, column: str) -> np.ndarray:
+    """A float column as float64 numpy, nulls as NaN."""
+    if isinstance(data, pa.Table):
+        return data.column(column).to_numpy().astype(np.float64)
+    return pd.to_numeric(data[column], errors="coerce").to_numpy(np.float64)
+
+
+def score_problems(data: pa.Table | pd.DataFrame) -> np.ndarray:
+    """Per row, what is wrong with its sentiment scores, or None when they are valid:
+    every logit and probability finite, probabilities in [0, 1] and summing to 1
+    (within PROB_SUM_TOLERANCE). A NaN logit makes the training loss learn nothing
+    without failing, so such rows must never reach a manifest."""
+    n = data.num_rows if isinstance(data, pa.Table) else len(data)
+    problems = np.full(n, None, dtype=object)
+    total = np.zeros(n, dtype=np.float64)
+    for column in LOGIT_COLUMNS + PROB_COLUMNS:
+        values = _float_column(data, column)
+        bad = ~np.isfinite(values)
+        if column in PROB_COLUMNS:
+            total += values
+            bad |= ~((values >= -PROB_SUM_TOLERANCE) & (values <= 1 + PROB_SUM_TOLERANCE))
+        for i in np.flatnonzero(bad & (problems == None)):  # noqa: E711 (elementwise)
+            problems[i] = f"column {column!r} is {float(values[i])!r}"
+    off = np.isfinite(total) & (np.abs(total - 1.0) > PROB_SUM_TOLERANCE)
+    for i in np.flatnonzero(off & (problems == None)):  # noqa: E711
+        problems[i] = f"columns prob_* sum to {total[i]:.6g}, not 1"
+    return problems
+
+
+def validate_scores(data: pa.Table | pd.DataFrame, name: str) -> None:
+    """Raise SchemaError naming `name`, the column and the first clip whose scores
+    are invalid (see `score_problems`)."""
+    problems = score_problems(data)
+    bad = np.flatnonzero(problems != None)  # noqa: E711
+    if not len(bad):
+        return
+    i = int(bad[0])
+    if isinstance(data, pa.Table):
+        vid, idx = data.column("video_id")[i].as_py(), data.column("sentence_idx")[i].as_py()
+    else:
+        vid, idx = data["video_id"].iloc[i], data["sentence_idx"].iloc[i]
+    raise SchemaError(f"{name}: {problems[i]} for clip video_id={vid!r} sentence_idx={idx} "
+                      f"({len(bad)} invalid row(s))")
 
 
 def to_table(df: pd.DataFrame, schema: pa.Schema) -> pa.Table:

@@ -71,7 +71,8 @@ class FeatureConfig:
 class FeatureStats:
     computed: int = 0
     cached: int = 0
-    skipped: list[dict[str, str]] = field(default_factory=list)  # {id, media, reason}
+    # {id, media, reason, error}; error: "missing" / "empty" / "unreadable" or the exception's type name
+    skipped: list[dict[str, str]] = field(default_factory=list)
     forward_batches: int = 0
     decode_s: float = 0.0  # frame extraction, reading, detection, preprocessing
     model_s: float = 0.0
@@ -79,6 +80,27 @@ class FeatureStats:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def skip_summary(self, total: int) -> str:
+        """One line: how many of `total` samples were skipped, by error type, and the
+        first error of the commonest type (the likely cause when all were skipped)."""
+        import collections
+
+        from emotionclip.core.errors import StageError
+
+        if not total:
+            return "the split lists no samples"
+        if not self.skipped:
+            return f"0 of {total} skipped"
+        kinds = collections.Counter(x.get("error") or x["reason"] for x in self.skipped)
+        top = kinds.most_common(1)[0][0]
+        first = next(x for x in self.skipped if (x.get("error") or x["reason"]) == top)
+        counts = ", ".join(f"{k}: {n}" for k, n in kinds.most_common())
+        reason = str(first["reason"])
+        if reason in ("missing", "empty", "unreadable"):  # a media check: name the file as a decode error does
+            reason = str(StageError(STAGE, first["id"], f"{first['media']}: {reason}"))
+        reason = " ".join(reason.split())  # one line: some messages carry newlines
+        return f"{len(self.skipped)} of {total} skipped ({counts}); first error: {reason}"
 
 
 # -- fingerprints ----------------------------------------------------------------------
@@ -373,7 +395,7 @@ def extract_features(
     for s in todo:
         why = media_problem(s.media)
         if why:
-            stats.skipped.append({"id": s.id, "media": s.media, "reason": why})
+            stats.skipped.append({"id": s.id, "media": s.media, "reason": why, "error": why})
         else:
             usable.append(s)
 
@@ -410,8 +432,10 @@ def extract_features(
                 x, m = _video_inputs(group, videos, preprocessor, cfg)
                 xs, ms = list(x.split(1)), list(m.split(1))
         except Exception as e:  # one bad file: record and go on
-            err = StageError(STAGE, group[0].id, f"{media}: {e}")
-            stats.skipped += [{"id": s.id, "media": media, "reason": str(err)} for s in group]
+            # the type names the cause (ModelNotAvailable: no detector offline) when every sample fails alike
+            err = StageError(STAGE, group[0].id, f"{media}: {type(e).__name__}: {e}")
+            stats.skipped += [{"id": s.id, "media": media, "reason": str(err), "error": type(e).__name__}
+                              for s in group]
             stats.decode_s += time.perf_counter() - t0
             continue
         stats.decode_s += time.perf_counter() - t0

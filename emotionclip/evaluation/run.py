@@ -19,6 +19,11 @@ from emotionclip.evaluation.features import FeatureConfig, FeatureStats, extract
 TINY_SEED = 0  # the tiny profile's random weights are seeded so its feature cache is reusable
 
 
+class NoUsableSamples(ValueError):
+    """Every sample of a split the protocol needs was skipped; the message counts the
+    skips by error type and quotes the first error of the commonest one."""
+
+
 @dataclass
 class ModelHandle:
     model: Any
@@ -39,12 +44,11 @@ def load_model(checkpoint: str | None = None, official_checkpoint: str | None = 
                device: str = "cpu", allow_pickle: bool = False, catalog_path: str | None = None) -> ModelHandle:
     """The model to evaluate: one of our checkpoints, the authors' released file,
     or a catalog profile's freshly built model (`tiny`: seeded random weights).
-    Loaded once per process."""
+    With a checkpoint, `profile` is allowed and ignored here: it only picks the
+    auxiliary models (the detector, `detector_for`). Loaded once per process."""
     from emotionclip.models import checkpoint as ckpt
 
-    chosen = [x for x in (checkpoint, official_checkpoint, profile) if x]
-    if len(chosen) != 1:
-        raise ValueError("give exactly one of checkpoint, official_checkpoint, profile")
+    check_model_choice(checkpoint, official_checkpoint, profile)
     if checkpoint:
         model = ckpt.load_model(checkpoint, map_location=device)
         return ModelHandle(model.to(device), Path(checkpoint).name, model_fingerprint(model, checkpoint))
@@ -62,6 +66,24 @@ def load_model(checkpoint: str | None = None, official_checkpoint: str | None = 
         torch.manual_seed(TINY_SEED)
         model = from_catalog(cat, device=device)
     return ModelHandle(model, f"profile:{profile}:{cat.models.clip_model}", model_fingerprint(model))
+
+
+def check_model_choice(checkpoint: str | os.PathLike | None, official_checkpoint: str | os.PathLike | None,
+                       profile: str | None) -> None:
+    """At most one checkpoint (ours or the authors'), and a checkpoint or a profile;
+    a profile beside a checkpoint gives the auxiliary models only."""
+    if checkpoint and official_checkpoint:
+        raise ValueError("give one of checkpoint and official_checkpoint, not both")
+    if not (checkpoint or official_checkpoint or profile):
+        raise ValueError("give a checkpoint, an official_checkpoint or a profile")
+
+
+def check_layout(dataset: str, root: str | os.PathLike) -> None:
+    """Parse every split the protocol needs (no media is read): a wrong folder fails
+    here, before a model is loaded. Raises DatasetLayoutError naming what is missing."""
+    spec = get_spec(dataset)
+    for split in needed_splits(spec):
+        spec.load(root, split)
 
 
 def detector_for(profile: str | None, catalog_path: str | None = None) -> str | None:
@@ -102,9 +124,12 @@ def probe_dataset(dataset: str, data: dict[str, SplitFeatures], config: probes.P
     """Fit and score the paper's probe on extracted features; returns the result and
     extra metrics (BoLD's VAD R2)."""
     spec = get_spec(dataset)
+    for split, d in data.items():
+        if len(d.samples) == 0:
+            what = "training" if split == spec.train_split else split
+            raise NoUsableSamples(f"{dataset}: no usable {what} samples: "
+                                  f"{d.stats.skip_summary(len(d.samples) + len(d.stats.skipped))}")
     tr = data[spec.train_split]
-    if len(tr.samples) == 0:
-        raise ValueError(f"{dataset}: no usable training samples")
     x_tr, y_tr = tr.features, _targets(spec, tr.samples)
     if spec.task == "regression":
         evals = {s: (data[s].features, _targets(spec, data[s].samples), [x.group for x in data[s].samples])

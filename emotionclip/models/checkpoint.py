@@ -9,9 +9,14 @@ arbitrary unpickling loads only with `allow_pickle=True`.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import pickle
 import re
+import shutil
+import uuid
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,7 +38,9 @@ def save_checkpoint(
     extra: dict[str, Any] | None = None,
 ) -> None:
     """Write {format, version, config, model, optimizer?, scheduler?, step?, extra?} atomically
-    (local path or fsspec URL). Under DDP pass the unwrapped model (`ddp.module`)."""
+    (local path or fsspec URL). Under DDP pass the unwrapped model (`ddp.module`).
+    A full disk raises OSError(errno.ENOSPC) naming the path, the free and the
+    needed space; nothing is left behind."""
     obj: dict[str, Any] = {
         "format": FORMAT,
         "version": VERSION,
@@ -48,8 +55,74 @@ def save_checkpoint(
         obj["step"] = int(step)
     if extra is not None:
         obj["extra"] = extra
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    if "://" not in str(path):
+        _save_local(obj, Path(path))
+    else:
+        # an fsspec URL: written to a local temporary file, then one put
+        with atomic_path(path) as tmp:
+            _save_local(obj, tmp, shown=str(path))
+
+
+def _temp_path(final: Path) -> Path:
+    """Where the checkpoint is written before the rename: next to `final` (the same
+    filesystem), under the hidden temporary name `emotionclip.core.io.atomic_path` uses."""
+    return final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
+
+
+def _save_local(obj: dict[str, Any], final: Path, shown: str | None = None) -> None:
+    """torch.save into a temporary file next to `final`, flushed to disk, then
+    renamed over `final`. On failure the temporary file is removed; a full disk is
+    an OSError(ENOSPC) saying how much space there is and how much was needed
+    (torch's own error is "[enforce fail at inline_container.cc...]")."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_path(final)
+    try:
+        # a file object, not a path: its writes raise Python's OSError (with errno), which
+        # torch keeps in the exception chain; torch's C++ path writer loses the errno
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())  # a crash right after the rename must not leave a truncated file
+        os.replace(tmp, final)
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)  # a symlink is removed, not what it points to
+        if isinstance(err, Exception) and _out_of_space(err):
+            free = shutil.disk_usage(final.parent).free
+            raise OSError(errno.ENOSPC, f"not enough space to save checkpoint to {shown or final}: {_size(free)} free, "
+                                        f"about {_size(_tensor_bytes(obj))} needed") from err
+        raise
+
+
+def _out_of_space(err: BaseException) -> bool:
+    """A full disk (or quota) anywhere in the exception's chain."""
+    seen: set[int] = set()
+    e: BaseException | None = err
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors in a nested dict/list (about the size of its torch.save file)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -601,7 +601,14 @@ def import_local_video(catalog: Catalog, video_path: str | os.PathLike,
         raise StageError(STAGE, vid, f"no caption file next to {video_path.name} "
                                      f"(expected {video_path.stem}.en.vtt/.en.srt/.en.json3)")
     caption_path = Path(caption_path)
-    if not force and _finished(catalog, vid):
+    done = None if force else _finished(catalog, vid)
+    if done is not None:
+        # Same id from another file (an earlier run, another folder, a download):
+        # skipping would silently give this file the other one's video.
+        if done.get("source") != "local" or done.get("title") != video_path.stem:
+            other = done.get("title") or done.get("url") or vid
+            raise StageError(STAGE, vid, f"{video_path.name} and the already imported {other!r} "
+                                         f"({done.get('source')}) map to the same video id")
         return vid
     try:
         probed = probe_video(video_path)

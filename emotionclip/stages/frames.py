@@ -62,7 +62,8 @@ def frame_filter(fps: int = FPS, short_edge: int | None = SHORT_EDGE) -> str:
 
 def _input_args(video_path: str) -> list[str]:
     return ["-hide_banner", "-nostdin", "-nostats", "-v", "error", "-i", video_path,
-            "-map", "0:v:0", "-an", "-sn", "-dn", "-fps_mode", "passthrough"]
+            # 0:V: video streams that are not attached pictures, the stream probe_video describes
+            "-map", "0:V:0", "-an", "-sn", "-dn", "-fps_mode", "passthrough"]
 
 
 def jpeg_ffmpeg_args(video_path: str, fps: int = FPS, short_edge: int = SHORT_EDGE,

@@ -5,11 +5,15 @@ made from `STAGES`, so a stage's name, function and help text live here only.
 Per-video stages run through `run_stage`, which skips what is up to date. A
 stage's *key* hashes its parameters and model (`Catalog.stage_fingerprint`), its
 output location, and the keys of the stages it reads from; the root of the chain
-is the video's downloaded `info.json`. A stage is up to date when its outputs
-exist and the marker it wrote after finishing (`.stages/<stage>.json` in the
-video folder) holds the same key. So a changed parameter re-runs only the stages
-downstream of it, and a killed run (no marker) re-runs the stage. The markers are
-the only cache: the Prefect tasks report an up-to-date stage as Cached from them.
+is the video's downloaded `info.json`. A stage is up to date when the marker it
+wrote after finishing (`.stages/<stage>.json` in the video folder) holds the same
+key and every output still has the size and integrity checksum the marker
+recorded (`io.fingerprint_output`: a zip's central directory, a Parquet footer),
+so a truncated or overwritten output re-runs its stage instead of being trusted.
+So a changed parameter re-runs only the stages downstream of it, and a killed run
+(no marker) re-runs the stage; the temporary files it left are removed when the
+stage next runs. The markers are the only cache: the Prefect tasks report an
+up-to-date stage as Cached from them.
 """
 
 from __future__ import annotations
@@ -18,15 +22,18 @@ import contextlib
 import datetime as _dt
 import hashlib
 import json
+import logging
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 from emotionclip.core import io
 from emotionclip.core.catalog import Catalog
 from emotionclip.core.errors import StageError
 from emotionclip.core.ids import validate_video_id
 from emotionclip.stages import card, clips, download, frames, humans, manifests, search, sentences, sentiment, words
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -119,12 +126,53 @@ def read_marker(catalog: Catalog, stage: str, video_id: str) -> dict | None:
         return None
 
 
-def is_up_to_date(catalog: Catalog, stage: str, video_id: str) -> bool:
+def _output_name(catalog: Catalog, output: str, video_id: str) -> str:
+    return catalog.artifact(output, video_id).rstrip("/").rsplit("/", 1)[-1]
+
+
+def _fingerprints(catalog: Catalog, stage: str, video_id: str) -> dict[str, dict]:
+    """Each output's `io.fingerprint_output`, by artifact name (what the marker records)."""
+    return {o: io.fingerprint_output(catalog.artifact(o, video_id)) for o in VIDEO_STAGES[stage].outputs}
+
+
+class _Check(NamedTuple):
+    reason: str | None = None  # why the stage is not up to date; None when it is
+    changed: bool = False  # an output no longer matches its marker (worth a warning)
+    fingerprints: dict[str, dict] | None = None  # taken now for a marker that predates them
+
+
+def _check(catalog: Catalog, stage: str, video_id: str) -> _Check:
     spec = VIDEO_STAGES[stage]
     marker = read_marker(catalog, stage, video_id)
-    if marker is None or marker.get("key") != stage_key(catalog, stage, video_id):
-        return False
-    return all(io.exists(catalog.artifact(o, video_id)) for o in spec.outputs)
+    if marker is None:
+        return _Check("no marker")
+    if marker.get("key") != stage_key(catalog, stage, video_id):
+        return _Check("parameters or inputs changed")
+    for o in spec.outputs:
+        if not io.exists(catalog.artifact(o, video_id)):
+            return _Check(f"{_output_name(catalog, o, video_id)} of {video_id} is missing")
+    recorded = marker.get("outputs")
+    if recorded is None:
+        # A marker from before output fingerprints: honoured (existing data roots are
+        # not rebuilt) and completed with fingerprints taken now, so an output whose
+        # integrity region cannot even be read is still caught.
+        try:
+            return _Check(fingerprints=_fingerprints(catalog, stage, video_id))
+        except (OSError, ValueError) as e:
+            return _Check(f"an output of {video_id} is unreadable ({e})", changed=True)
+    for o in spec.outputs:
+        expected = recorded.get(o)
+        why = "not in its marker" if expected is None else io.check_output(catalog.artifact(o, video_id), expected)
+        if why is not None:
+            return _Check(f"{_output_name(catalog, o, video_id)} of {video_id} changed since its marker ({why})",
+                          changed=True)
+    return _Check()
+
+
+def is_up_to_date(catalog: Catalog, stage: str, video_id: str) -> bool:
+    """The marker holds the current key and every output still matches the size and
+    integrity checksum the marker recorded (a few tail reads per output)."""
+    return _check(catalog, stage, video_id).reason is None
 
 
 _locks: dict[str, threading.Lock] = {}
@@ -151,19 +199,39 @@ def _stage_lock(catalog: Catalog, video_id: str, stage: str) -> Iterator[None]:
             yield
 
 
+def _remove_stale_temps(catalog: Catalog, stage: str, video_id: str) -> list[str]:
+    """Temporary files a killed run of `stage` left (its outputs' and its marker's).
+    Called under the stage lock only: no live writer of these names exists then."""
+    paths = [catalog.artifact(o, video_id) for o in VIDEO_STAGES[stage].outputs] + [_marker(catalog, stage, video_id)]
+    return [t for p in paths for t in io.remove_stale_temps(p)]
+
+
 def run_stage(catalog: Catalog, stage: str, video_id: str, *, force: bool = False) -> dict:
     """Run one per-video stage unless it is up to date. Returns the stage's summary
-    with `skipped` set. Any failure is raised as StageError naming stage and video."""
+    with `skipped` set, and `rerun_reason` when an output no longer matched its
+    marker. Any failure is raised as StageError naming stage and video."""
     if stage not in VIDEO_STAGES:
         raise StageError(stage, video_id, f"unknown stage; choose from {list(VIDEO_STAGES)}")
     video_id = validate_video_id(video_id)
     with _stage_lock(catalog, video_id, stage):
-        if not force and is_up_to_date(catalog, stage, video_id):
-            marker = read_marker(catalog, stage, video_id) or {}
-            return {**marker.get("summary", {}), "skipped": True}
-        missing = [d for d in VIDEO_STAGES[stage].after if not is_up_to_date(catalog, d, video_id)]
+        for tmp in _remove_stale_temps(catalog, stage, video_id):
+            log.info("removed %s, left by an interrupted %s run", tmp, stage)
+        reason = None
+        if not force:
+            check = _check(catalog, stage, video_id)
+            if check.reason is None:
+                marker = read_marker(catalog, stage, video_id) or {}
+                if check.fingerprints is not None:  # complete an old marker (we hold its lock)
+                    io.atomic_write_json(_marker(catalog, stage, video_id), {**marker, "outputs": check.fingerprints})
+                return {**marker.get("summary", {}), "skipped": True}
+            if check.changed:
+                reason = check.reason
+                log.warning("%s: re-running %s", reason, stage)
+        inputs = {d: _check(catalog, d, video_id).reason for d in VIDEO_STAGES[stage].after}
+        missing = [d for d, why in inputs.items() if why is not None]
         if missing:
-            raise StageError(stage, video_id, f"inputs not ready: run {', '.join(missing)} first")
+            raise StageError(stage, video_id, f"inputs not ready: run {', '.join(missing)} first "
+                                              f"({'; '.join(f'{d}: {inputs[d]}' for d in missing)})")
         key = stage_key(catalog, stage, video_id)
         try:
             summary = VIDEO_STAGES[stage].run(catalog, video_id) or {}
@@ -171,13 +239,21 @@ def run_stage(catalog: Catalog, stage: str, video_id: str, *, force: bool = Fals
             raise
         except Exception as e:  # anything else still names the video and the stage
             raise StageError(stage, video_id, f"{type(e).__name__}: {e}") from e
+        try:
+            outputs = _fingerprints(catalog, stage, video_id)
+        except (OSError, ValueError) as e:  # never write a marker that vouches for a broken output
+            raise StageError(stage, video_id, f"wrote an unreadable output: {e}") from e
         io.atomic_write_json(_marker(catalog, stage, video_id), {
             "stage": stage,
             "key": key,
             "summary": summary,
+            "outputs": outputs,  # size + integrity checksum of each output, checked before a skip
             "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(),
         })
-        return {**summary, "skipped": False}
+        result = {**summary, "skipped": False}
+        if reason is not None:
+            result["rerun_reason"] = reason
+        return result
 
 
 def list_video_ids(catalog: Catalog) -> list[str]:
@@ -203,3 +279,10 @@ def list_video_ids(catalog: Catalog) -> list[str]:
 def run_video(catalog: Catalog, video_id: str, *, force: bool = False) -> dict[str, dict]:
     """Every per-video stage in order (the plain-loop equivalent of the flow)."""
     return {name: run_stage(catalog, name, video_id, force=force) for name in VIDEO_STAGES}
+
+
+def done_video_ids(catalog: Catalog) -> list[str]:
+    """Videos whose clips stage is up to date under this catalog: the full set the
+    manifests are built from (never a hand-picked subset, which would silently
+    replace the dataset with part of it)."""
+    return [vid for vid in list_video_ids(catalog) if is_up_to_date(catalog, "clips", vid)]

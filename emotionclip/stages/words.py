@@ -9,6 +9,11 @@ Formats:
 - Plain WebVTT and SRT cues: the cue is split evenly over its words ->
   precision "segment".
 
+Cues (and json3 events) are read in time order: a file that lists them out of
+order is stably sorted by start first, and the number of cues that had to move
+back is reported as `cues_reordered` (the DataFrame's `attrs`, the stage summary
+and the words.parquet metadata).
+
 Text is cleaned of markup (<i>, <c.colorE5E5E5>, <v Name>), HTML entities,
 speaker labels (">>", "JOHN:"), dialogue dashes and sound tags ([Music], (LAUGHS), ♪).
 """
@@ -17,14 +22,18 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import pandas as pd
 
 from emotionclip.core.schemas import WORDS
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 
 class CaptionError(ValueError):
@@ -105,6 +114,13 @@ def _spread(words: list[str], start: float, end: float, precision: str, out: lis
         out.append(_Word(w, start + i * step, start + (i + 1) * step, precision))
 
 
+def _after_previous(out: list[_Word], start: float, end: float) -> float:
+    """Where to start spreading a cue [start, end] over its words: a cue that
+    overlaps the previous one starts at that one's last word start (kept within
+    its own span), so `_finish` need not squeeze its first words to zero length."""
+    return min(max(start, out[-1].start), end) if out else start
+
+
 def _timed_pieces(pieces: list[tuple[float, str]], cue_end: float, out: list[_Word]) -> None:
     """Pieces (start, text) with their own start times: one word -> precision "word"
     (its end is fixed later: the next word's start or the cue end); several words
@@ -118,13 +134,33 @@ def _timed_pieces(pieces: list[tuple[float, str]], cue_end: float, out: list[_Wo
             _spread(words, t, max(nxt, t), "segment", out)
 
 
-def _finish(words: list[_Word], path: str) -> pd.DataFrame:
-    """Non-decreasing starts, word ends at the next word's start (capped by the cue end)."""
+def _in_time_order(items: list[_T], start_of: Callable[[_T], float]) -> tuple[list[_T], int]:
+    """`items` stably sorted by start, and how many of them started before an
+    earlier item in the file (the ones the sort moved back). Without the sort an
+    out-of-order cue would be clamped onto the previous word's time in `_finish`
+    and its words would collapse to zero length."""
+    reordered = 0
+    latest = float("-inf")
+    for it in items:
+        t = start_of(it)
+        if t < latest:
+            reordered += 1
+        latest = max(latest, t)
+    if not reordered:
+        return items, 0
+    return sorted(items, key=start_of), reordered  # sorted() is stable: equal starts keep file order
+
+
+def _finish(words: list[_Word], path: str, cues_reordered: int = 0) -> pd.DataFrame:
+    """Non-decreasing starts, word ends at the next word's start (capped by the cue end).
+    `cues_reordered` is recorded in the result's `attrs`."""
     if not words:
         raise CaptionError(path, "caption has no words")
     prev = 0.0
     for w in words:
-        if w.start < prev:  # overlapping cues: keep the order, never go back in time
+        # Cues are already in start order; only overlapping cues can go back in
+        # time here: keep each cue's words together and never go back.
+        if w.start < prev:
             w.start = prev
         prev = w.start
     for i, w in enumerate(words):
@@ -136,8 +172,9 @@ def _finish(words: list[_Word], path: str) -> pd.DataFrame:
         "start_s": [round(w.start, 3) for w in words],
         "end_s": [round(w.end, 3) for w in words],
         "precision": [w.precision for w in words],
-    })
-    return df[[f.name for f in WORDS]]
+    })[[f.name for f in WORDS]]
+    df.attrs["cues_reordered"] = int(cues_reordered)
+    return df
 
 
 # -- json3 --------------------------------------------------------------------------
@@ -150,15 +187,21 @@ def _parse_json3(text: str, path: str) -> pd.DataFrame:
     events = data.get("events") if isinstance(data, dict) else None
     if not isinstance(events, list):
         raise CaptionError(path, "json3 without an 'events' list")
-    out: list[_Word] = []
+    timed: list[tuple[int, dict, float]] = []
     for n, ev in enumerate(events):
         if not isinstance(ev, dict):
             raise CaptionError(path, f"event {n} is not an object")
-        segs = ev.get("segs")
-        if ev.get("aAppend") or not segs:  # aAppend events only add a line break
+        if ev.get("aAppend") or not ev.get("segs"):  # aAppend events only add a line break
             continue
         try:
-            t0 = float(ev["tStartMs"]) / 1000
+            timed.append((n, ev, float(ev["tStartMs"]) / 1000))
+        except (KeyError, TypeError, ValueError):
+            raise CaptionError(path, f"event {n}: missing or bad tStartMs/dDurationMs/segs") from None
+    timed, reordered = _in_time_order(timed, lambda item: item[2])
+    out: list[_Word] = []
+    for n, ev, t0 in timed:
+        segs = ev["segs"]
+        try:
             texts = [str(s.get("utf8", "")) for s in segs]
             offsets = [float(s.get("tOffsetMs", 0)) / 1000 for s in segs]
             # Without a duration the event lasts at least until its last word starts.
@@ -171,8 +214,9 @@ def _parse_json3(text: str, path: str) -> pd.DataFrame:
         if word_timed:
             _timed_pieces([(t0 + o, t) for o, t in zip(offsets, texts)], end, out)
         else:
-            _spread(_words_of(" ".join(clean_line(t) for t in texts[0].splitlines())), t0, end, "segment", out)
-    return _finish(out, path)
+            words = _words_of(" ".join(clean_line(t) for t in texts[0].splitlines()))
+            _spread(words, _after_previous(out, t0, end), end, "segment", out)
+    return _finish(out, path, reordered)
 
 
 # -- WebVTT / SRT -----------------------------------------------------------------------
@@ -276,7 +320,7 @@ def _is_rolling(cues: list[_Cue]) -> bool:
     return pairs >= 2 and repeats * 2 >= pairs
 
 
-def _rolling_words(cues: list[_Cue], path: str) -> pd.DataFrame:
+def _rolling_words(cues: list[_Cue], path: str, reordered: int) -> pd.DataFrame:
     out: list[_Word] = []
     prev_lines: set[str] = set()
     for cue in cues:
@@ -296,21 +340,25 @@ def _rolling_words(cues: list[_Cue], path: str) -> pd.DataFrame:
             elif plain not in prev_lines:  # a new line without word tags (e.g. one word)
                 _spread(_words_of(plain), cue.start, cue.end, "segment", out)
         prev_lines = shown
-    return _finish(out, path)
+    return _finish(out, path, reordered)
 
 
-def _plain_words(cues: list[_Cue], path: str) -> pd.DataFrame:
+def _plain_words(cues: list[_Cue], path: str, reordered: int) -> pd.DataFrame:
     out: list[_Word] = []
     for cue in cues:
         text = " ".join(clean_line(ln) for ln in cue.lines)
-        _spread(_words_of(text), cue.start, cue.end, "segment", out)
-    return _finish(out, path)
+        _spread(_words_of(text), _after_previous(out, cue.start, cue.end), cue.end, "segment", out)
+    return _finish(out, path, reordered)
 
 
 def _cue_words(cues: list[_Cue], path: str) -> pd.DataFrame:
     if not cues:
         raise CaptionError(path, "caption has no cues")
-    return _rolling_words(cues, path) if _is_rolling(cues) else _plain_words(cues, path)
+    # Time order first: the rolling dedup compares each cue with the one shown before it.
+    cues, reordered = _in_time_order(cues, lambda c: c.start)
+    if _is_rolling(cues):
+        return _rolling_words(cues, path, reordered)
+    return _plain_words(cues, path, reordered)
 
 
 # -- entry points ---------------------------------------------------------------------
@@ -346,8 +394,10 @@ def parse_caption_text(text: str, fmt: str, path: str = "<caption>") -> pd.DataF
 def read_caption_words(path: str | os.PathLike) -> pd.DataFrame:
     """Read a caption file (.json3, .vtt, .srt; local path or fsspec URL) into a
     DataFrame with columns word, start_s, end_s, precision: every word once, in
-    order, with non-decreasing start times. Raises CaptionError (a ValueError)
-    naming the file (and line) when it is missing, empty or malformed."""
+    time order (cues sorted by start), with non-decreasing start times;
+    `df.attrs["cues_reordered"]` counts the cues the sort moved back. Raises
+    CaptionError (a ValueError) naming the file (and line) when it is missing,
+    empty or malformed."""
     from emotionclip.core.io import exists, open_file
 
     path = os.fspath(path)
@@ -366,7 +416,7 @@ def read_caption_words(path: str | os.PathLike) -> pd.DataFrame:
 def run_words(catalog, video_id: str) -> dict[str, Any]:
     """Words stage for one video: info.json's caption_file (in raw_dir) ->
     catalog.artifact("words", video_id). Returns {"n_words", "precision",
-    "duration_s"}; a missing, empty or malformed caption -> StageError."""
+    "duration_s", "cues_reordered"}; a missing, empty or malformed caption -> StageError."""
     from emotionclip.core.errors import StageError
     from emotionclip.core.ids import validate_video_id
     from emotionclip.core.io import atomic_write_parquet, exists, read_json
@@ -386,9 +436,13 @@ def run_words(catalog, video_id: str) -> dict[str, Any]:
         df = read_caption_words(src)
     except CaptionError as e:
         raise StageError("words", video_id, str(e)) from e
+    reordered = int(df.attrs.get("cues_reordered", 0))
+    if reordered:
+        log.warning("words %s: %d caption cue(s) out of time order in %s; sorted by start", video_id, reordered, name)
     atomic_write_parquet(catalog.artifact("words", video_id), df, schema=WORDS,
                          metadata={"fingerprint": catalog.stage_fingerprint("words"),
-                                   "caption_file": name, "caption_kind": str(info.get("caption_kind"))})
+                                   "caption_file": name, "caption_kind": str(info.get("caption_kind")),
+                                   "cues_reordered": str(reordered)})
     counts = df["precision"].value_counts()
     return {"n_words": int(len(df)), "precision": str(counts.idxmax()),
-            "duration_s": float(df["end_s"].max() - df["start_s"].min())}
+            "duration_s": float(df["end_s"].max() - df["start_s"].min()), "cues_reordered": reordered}

@@ -11,6 +11,7 @@ from __future__ import annotations
 from emotionclip.training.ablations import ABLATIONS, Ablation, apply_encoder_setup, get_ablation, trainable_parts
 from emotionclip.training.config import PRESETS, TrainConfig, make_config
 from emotionclip.training.dataset import ClipDataset, sample_frame_indices
+from emotionclip.training.errors import BadBatchError, TrainingInputError
 from emotionclip.training.loop import TrainResult, build_dataset, build_model, train
 from emotionclip.training.optim import build_optimizer, build_scheduler, param_groups
 from emotionclip.training.sampler import ResumableSampler
@@ -19,5 +20,5 @@ __all__ = [
     "ABLATIONS", "Ablation", "apply_encoder_setup", "get_ablation", "trainable_parts",
     "PRESETS", "TrainConfig", "make_config", "ClipDataset", "sample_frame_indices", "TrainResult",
     "build_dataset", "build_model", "train", "build_optimizer", "build_scheduler", "param_groups",
-    "ResumableSampler",
+    "ResumableSampler", "TrainingInputError", "BadBatchError",
 ]

@@ -1,4 +1,4 @@
-"""Training checkpoints: naming, finding the latest, pruning, RNG states.
+"""Training checkpoints: naming, finding the newest readable one, pruning, RNG states.
 
 A checkpoint is a model checkpoint of `emotionclip.models.save_checkpoint`
 (atomic; `emotionclip.models.load_model(path)` reads it) whose `extra` holds what a
@@ -103,24 +103,94 @@ def latest_checkpoint(out_dir: str | Path) -> str | None:
     return ckpts[-1] if ckpts else None
 
 
-def prune_step_checkpoints(out_dir: str | Path, keep: int) -> None:
-    """Keep the newest `keep` step checkpoints; epoch-end checkpoints stay."""
+def _kept_for_good(path: str, keep_epochs: bool | int) -> bool:
+    """Whether `path` is an epoch-end checkpoint that pruning never removes."""
+    m = _EPOCH_RE.match(path.rsplit("/", 1)[-1])
+    if m is None or keep_epochs is False:
+        return False
+    if keep_epochs is True:
+        return True
+    return (int(m.group("epoch")) + 1) % int(keep_epochs) == 0  # epochs N, 2N, ... counted from 1
+
+
+def prune_checkpoints(out_dir: str | Path, keep: int, keep_epochs: bool | int = True) -> list[str]:
+    """Keep the newest `keep` checkpoints besides the epoch ends kept for good
+    (`keep_epochs`: True all, False none, N every N-th epoch); remove the rest and
+    return their paths. The newest checkpoint always stays (keep >= 1)."""
     import fsspec
 
-    steps = [p for p in list_checkpoints(out_dir) if _STEP_RE.match(p.rsplit("/", 1)[-1])]
-    for p in steps[: max(0, len(steps) - keep)]:
+    rolling = [p for p in list_checkpoints(out_dir) if not _kept_for_good(p, keep_epochs)]
+    doomed = rolling[: max(0, len(rolling) - max(1, keep))]
+    for p in doomed:
         fs, q = fsspec.core.url_to_fs(p)
         fs.rm(q)
+    return doomed
 
 
 def find_resume(config: "TrainConfig") -> str | None:
-    """The checkpoint `config.resume` names: None (fresh start), a path, or "latest"
-    (the newest under out_dir; none yet: a fresh start)."""
+    """The checkpoint a run resumes from: None (fresh start), `config.resume` as a
+    path, or for "latest" the newest readable one under out_dir (see `load_resume`)."""
+    found = load_resume(config)
+    return found[0] if found else None
+
+
+def load_resume(config: "TrainConfig") -> tuple[str, dict[str, Any]] | None:
+    """(path, loaded checkpoint) to resume from, or None for a fresh start.
+
+    `config.resume` None: fresh. A path: that checkpoint; unreadable or not a
+    training checkpoint: `TrainingInputError`. "latest": the newest checkpoint
+    under out_dir that loads (a truncated newer one, from a killed copy or a full
+    disk, is skipped with a warning naming it and why); none yet: a fresh start,
+    logged; every one unreadable: `TrainingInputError`."""
+    from emotionclip.training.errors import TrainingInputError
+
     if not config.resume:
         return None
-    if config.resume == "latest":
-        return latest_checkpoint(config.out_dir)
-    return config.resume
+    if config.resume != "latest":
+        if not exists(config.resume):
+            raise TrainingInputError(f"--resume {config.resume}: no such checkpoint")
+        try:
+            return config.resume, load_resumable(config.resume)
+        except Exception as err:  # noqa: BLE001 - any load failure is the file's
+            raise TrainingInputError(f"--resume {config.resume}: cannot resume from it ({_reason(err)}); "
+                                     "pass another checkpoint or --resume latest") from err
+    ckpts = list_checkpoints(config.out_dir)
+    if not ckpts:
+        log.info("resume=latest: no checkpoint under %s yet; starting fresh", checkpoint_dir(config.out_dir))
+        return None
+    skipped: list[str] = []
+    for path in reversed(ckpts):
+        try:
+            ck = load_resumable(path)
+        except Exception as err:  # noqa: BLE001 - an unreadable checkpoint is skipped, and said so
+            log.warning("resume=latest: skipping checkpoint %s: unreadable (%s); trying the next older one",
+                        path, _reason(err))
+            skipped.append(f"{path} ({_reason(err)})")
+            continue
+        if skipped:
+            log.warning("resume=latest: resuming from %s, the newest readable checkpoint (%d newer skipped)",
+                        path, len(skipped))
+        return path, ck
+    raise TrainingInputError(f"resume=latest: none of the {len(ckpts)} checkpoints under "
+                             f"{checkpoint_dir(config.out_dir)} is readable (newest: {skipped[0]}); "
+                             "restore one or remove them to start fresh")
+
+
+def load_resumable(path: str) -> dict[str, Any]:
+    """A training checkpoint, loaded; ValueError when it lacks the training state."""
+    ck = load_train_checkpoint(path)
+    missing = [k for k in ("model", "optimizer", "scheduler", "step", "extra") if k not in ck]
+    missing += [f"extra.{k}" for k in ("epoch", "step_in_epoch") if k not in ck.get("extra", {})]
+    if missing:
+        raise ValueError(f"not a training checkpoint (no {', '.join(missing)})")
+    return ck
+
+
+def _reason(err: BaseException) -> str:
+    """An exception as a short one-line reason."""
+    # the first sentence of the first line (torch appends a paragraph of advice)
+    text = (str(err).strip().splitlines() or [""])[0].split(". ")[0][:200]
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 def load_train_checkpoint(path: str) -> dict[str, Any]:
@@ -149,17 +219,18 @@ def save_train_checkpoint(state: "TrainState", name: str) -> str:
         }
         save_checkpoint(path, state.model, optimizer=state.optimizer, scheduler=state.scheduler, step=state.step,
                         extra=extra)
-        prune_step_checkpoints(cfg.out_dir, cfg.keep_checkpoints)
+        prune_checkpoints(cfg.out_dir, cfg.keep_checkpoints, cfg.keep_epoch_checkpoints)
     barrier()
     state.last_checkpoint = path
     return path
 
 
-def resume(state: "TrainState", path: str) -> None:
-    """Load checkpoint `path` into a freshly set-up `state`: weights, optimizer,
-    schedule, grad scaler, step, epoch and position in it, and this rank's RNG
-    streams (re-seeded when the world size changed)."""
-    ck = load_train_checkpoint(path)
+def resume(state: "TrainState", path: str, checkpoint: dict[str, Any] | None = None) -> None:
+    """Load checkpoint `path` (or its already loaded `checkpoint`) into a freshly
+    set-up `state`: weights, optimizer, schedule, grad scaler, step, epoch and
+    position in it, and this rank's RNG streams (re-seeded when the world size
+    changed)."""
+    ck = checkpoint if checkpoint is not None else load_train_checkpoint(path)
     state.model.load_state_dict(ck["model"])
     state.optimizer.load_state_dict(ck["optimizer"])
     state.scheduler.load_state_dict(ck["scheduler"])

@@ -81,11 +81,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if rank == "0" else logging.WARNING,
                         format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s")
     from emotionclip.training.distributed import cleanup
+    from emotionclip.training.errors import TrainingInputError
     from emotionclip.training.loop import train
 
     try:
         result = train(read_config(args.config))
         logging.getLogger(__name__).info("finished at step %d, checkpoint %s", result.step, result.checkpoint)
+    except TrainingInputError as e:  # the user's to fix: one line per rank, no traceback
+        logging.getLogger(__name__).error("%s", e)
+        return 2
     finally:
         cleanup()
     return 0

@@ -6,7 +6,7 @@ each `batch_size / (world_size * grad_accum_steps)` clips per rank
 (`emotionclip.training.step`). The pieces, each its own module:
 
     state.setup        device, precision, seed, model, data, loader, optimizer -> TrainState
-    checkpoint.resume  a checkpoint back into that state (weights, RNG, position)
+    checkpoint.load_resume, resume  the newest readable checkpoint back into that state (weights, RNG, position)
     step.optimizer_step  one step of grad-accumulated micro-batches
     run_epoch          steps to the epoch end (or max_steps), step checkpoints, log rows
     finish_epoch       the epoch-end checkpoint, row and probe
@@ -14,7 +14,6 @@ each `batch_size / (world_size * grad_accum_steps)` clips per rank
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -38,14 +37,16 @@ def train(config: TrainConfig, *, dataset: ClipDataset | None = None, model: Any
     """Run (or resume) pre-training. `dataset`/`model` may be passed in (tests,
     notebooks); otherwise they come from the config and the catalog."""
     state = setup(config, dataset=dataset, model=model)
-    resume_path = ckpt.find_resume(config)
-    if resume_path:
-        ckpt.resume(state, resume_path)
+    found = ckpt.load_resume(config)  # the newest readable checkpoint for "latest"
+    resumed = found is not None
+    if found is not None:
+        ckpt.resume(state, *found)
+        del found  # the loaded file must not stay in memory for the whole run
     else:
         torch.manual_seed(config.seed + state.info.rank)  # authors' code: seed + rank
     state.engine = wrap_engine(state.model, state.info, config)
     metrics = MetricsLogger(config.out_dir, enabled=state.info.is_main,
-                            resume_step=state.step if resume_path else None)
+                            resume_step=state.step if resumed else None)
     state.model.train()
     try:
         while state.epoch < config.epochs and not state.done:
@@ -71,8 +72,6 @@ def run_epoch(state: TrainState, metrics: MetricsLogger) -> None:
         losses.append(out.loss)
         epoch_meter.add(cfg.batch_size, out.data_wait_s)
         window.add(cfg.batch_size, out.data_wait_s)
-        if not math.isfinite(out.loss):
-            raise FloatingPointError(f"loss is {out.loss} at step {state.step}")
         if state.step % cfg.log_every_steps == 0 or state.step == 1:
             log_step(state, metrics, out.loss, window)
             window.reset()

@@ -14,6 +14,8 @@ from emotionclip.models import SentimentGuidedLoss
 from emotionclip.training.build import build_dataset, build_model, load_catalog_for, resolve_precision
 from emotionclip.training.config import TrainConfig
 from emotionclip.training.distributed import DistInfo, init_distributed
+from emotionclip.training.errors import TrainingInputError
+from emotionclip.training.inputs import check_inputs
 from emotionclip.training.loader import build_loader
 from emotionclip.training.optim import WarmupCosine, build_optimizer, build_scheduler
 from emotionclip.training.sampler import ResumableSampler
@@ -82,14 +84,15 @@ class TrainState:
 def micro_batch_size(config: TrainConfig, world_size: int) -> int:
     per_step = world_size * config.grad_accum_steps
     if config.batch_size % per_step:
-        raise ValueError(f"batch_size {config.batch_size} is not divisible by world_size x grad_accum_steps = {per_step}")
+        raise TrainingInputError(f"batch_size {config.batch_size} is not divisible by world_size x grad_accum_steps = {per_step}")
     return config.batch_size // per_step
 
 
 def setup(config: TrainConfig, *, dataset: Any = None, model: Any = None) -> TrainState:
     """Device, precision and seed; the model and dataset (unless passed in), sampler,
     loader, optimizer, schedule, grad scaler and loss, at step 0. The engine is the
-    bare model until `wrap_engine`."""
+    bare model until `wrap_engine`. Raises `TrainingInputError` when the dataset's
+    frame stores are missing or its sentiment logits are not finite."""
     info = init_distributed(config.device, config.dist_timeout_s)
     device = info.device
     precision = resolve_precision(config.precision, device)
@@ -103,12 +106,13 @@ def setup(config: TrainConfig, *, dataset: Any = None, model: Any = None) -> Tra
     model = model.to(device)
     if dataset is None:
         dataset = build_dataset(config, catalog, model)
+    check_inputs(dataset)  # broken rows, missing frame stores: one message now, not a crash mid-run
 
     micro = micro_batch_size(config, info.world_size)
     sampler = ResumableSampler(len(dataset), num_replicas=info.world_size, rank=info.rank, seed=config.seed)
     steps_per_epoch = sampler.per_rank // micro // config.grad_accum_steps
     if steps_per_epoch == 0:
-        raise ValueError(f"{len(dataset)} clips are fewer than one batch of {config.batch_size}")
+        raise TrainingInputError(f"{len(dataset)} clips are fewer than one batch of {config.batch_size}")
     optimizer = build_optimizer(model, config)
     return TrainState(
         config=config, info=info, precision=precision, model=model, engine=model, dataset=dataset,

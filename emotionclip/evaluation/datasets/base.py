@@ -171,8 +171,8 @@ def inspect_dataset(spec: DatasetSpec, root: str | Path, splits: Sequence[str] |
             "files_checked": len(media),
             "usable_samples": len(samples) - len(bad_samples),
             "class_counts": class_counts(spec, samples),
-            "missing": sorted(_rel(m, root) for m, why in bad.items() if why == "missing"),
-            "unreadable": sorted(_rel(m, root) for m, why in bad.items() if why != "missing"),
+            "missing": sorted(rel_path(m, root) for m, why in bad.items() if why == "missing"),
+            "unreadable": sorted(rel_path(m, root) for m, why in bad.items() if why != "missing"),
             "samples_affected": sorted(bad_samples),
         }
     report["ok"] = not report["errors"] and all(
@@ -180,7 +180,8 @@ def inspect_dataset(spec: DatasetSpec, root: str | Path, splits: Sequence[str] |
     return report
 
 
-def _rel(path: str, root: Path) -> str:
+def rel_path(path: str, root: Path) -> str:
+    """`path` relative to `root` when it lies under it (how reports name files), else as given."""
     try:
         return str(Path(path).relative_to(root))
     except ValueError:

@@ -79,7 +79,10 @@ def load(root: str | Path, split: str) -> list[Sample]:
         raise DatasetLayoutError(f"LIRIS-ACCEDE split {split!r}: expected dev or test")
     files = annotation_files(root)[split]
     if not files:
-        raise DatasetLayoutError(f"{root}: no {split} *Valence-Arousal.txt annotation files")
+        where = "TestSet" if split == "test" else "DevSet"
+        raise DatasetLayoutError(
+            f"{root}: no {split} *_Valence-Arousal.txt annotation files (expected e.g. annotations/"
+            f"MEDIAEVAL18-{where}-Valence_Arousal-annotations/annotations/MEDIAEVAL18_00_Valence-Arousal.txt)")
     videos = _videos(root)
     samples = []
     for f in sorted(files, key=movie_id):

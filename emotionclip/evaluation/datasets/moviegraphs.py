@@ -45,14 +45,18 @@ VIDEO_EXTS = (".mp4", ".mkv", ".avi", ".m4v", ".webm")
 OPEN_END_FRAMES = 8 * 24
 
 
+# Where each part may sit, relative to <root> (the first is the release's own place).
+CANDIDATES = {
+    "split": ["mg/split.json", "split.json"],
+    "labels": ["mg/py3loader/emotion_labels.json", "emotion_labels.json"],
+    "scenes": ["mg_videoinfo/scene_boundaries/", "scene_boundaries/"],
+    "shots": ["mg_videoinfo/video_boundaries/", "video_boundaries/"],
+    "label_map": ["label_map.json"],
+}
+
+
 def _paths(root: Path) -> dict[str, Path | None]:
-    return {
-        "split": find_first(root, ["mg/split.json", "split.json"]),
-        "labels": find_first(root, ["mg/py3loader/emotion_labels.json", "emotion_labels.json"]),
-        "scenes": find_first(root, ["mg_videoinfo/scene_boundaries", "scene_boundaries"]),
-        "shots": find_first(root, ["mg_videoinfo/video_boundaries", "video_boundaries"]),
-        "label_map": find_first(root, ["label_map.json"]),
-    }
+    return {k: find_first(root, [c.rstrip("/") for c in v]) for k, v in CANDIDATES.items()}
 
 
 def read_scenes(path: Path) -> list[tuple[int, int]]:
@@ -106,7 +110,9 @@ def load_with_unmapped(root: str | Path, split: str) -> tuple[list[Sample], coll
     p = _paths(root)
     for k in ("split", "labels", "scenes", "shots"):
         if p[k] is None:
-            raise DatasetLayoutError(f"{root}: missing the MovieGraphs {k} file/folder (see emotionclip.evaluation.datasets.moviegraphs)")
+            raise DatasetLayoutError(f"{root}: missing the MovieGraphs {k} "
+                                     f"{'folder' if CANDIDATES[k][0].endswith('/') else 'file'} "
+                                     f"(expected {' or '.join(CANDIDATES[k])})")
     movies = json.loads(p["split"].read_text())[split]
     labels = json.loads(p["labels"].read_text())
     label_map = json.loads(p["label_map"].read_text()) if p["label_map"] else {}

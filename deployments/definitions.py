@@ -3,6 +3,9 @@
     build-tv-dataset/youtube-paper   YouTube search, paper models, weekly schedule
     build-tv-dataset/sample-tiny     bundled sample corpus, tiny models, offline
     pretrain/tiny                    pre-training on the sample manifests (tiny model)
+    linear-probe/paper               the five benchmarks (folders filled in per run), a checkpoint
+    linear-probe/sample              miniature synthetic benchmarks (generated if missing), tiny
+                                     profile, pretrain/tiny's newest checkpoint if any, offline
 
 `register_deployments()` creates the work pool, the global YouTube rate limit and
 the GPU concurrency limit if missing, installs the automation that marks
@@ -47,15 +50,23 @@ class DeploymentSpec:
 
 
 BUILD = "flows/build_tv_dataset.py:build_tv_dataset"
+PAPER_VIDEOS = 3613  # the paper's dataset: 3,613 TV series videos (section 3.1)
 # The sample corpus with random tiny models: see the sample-tiny description.
 SAMPLE_OVERRIDES = {"stages.filter.max_neutral": 0.5, "stages.humans.imgsz": 320}
+
+PROBE = "flows/linear_probe.py:linear_probe"
+# Placeholders in each benchmark's published folder name, for the user to replace.
+PAPER_BENCHMARK_ROOTS = {"bold": "/data/BOLD_public", "moviegraphs": "/data/MovieGraphs", "meld": "/data/MELD.Raw",
+                         "emotic": "/data/emotic", "liris": "/data/LIRIS-ACCEDE"}
 
 DEPLOYMENTS: list[DeploymentSpec] = [
     DeploymentSpec(
         BUILD, "youtube-paper",
         "Search YouTube for TV series, download and annotate them with the paper's models "
         "(weights fetched on first use, or pre-fetched with `emotionclip models fetch`).",
-        parameters={"source": "youtube", "profile": "paper"},
+        # Each weekly run adds what the search finds beyond the videos already done, excluded
+        # or given up on (the video registry), until the paper's scale (docs/paper-provenance.md).
+        parameters={"source": "youtube", "profile": "paper", "target_videos": PAPER_VIDEOS},
         cron=WEEKLY,
         tags=["paper"],
     ),
@@ -66,6 +77,34 @@ DEPLOYMENTS: list[DeploymentSpec] = [
         "threshold from the paper's 0.05 to 0.5; otherwise no clip would pass. The sample "
         "videos are 320x240, so detection runs at imgsz 320 (640 would only upsample them).",
         parameters={"source": "sample", "profile": "tiny", "overrides": SAMPLE_OVERRIDES},
+        env=OFFLINE_ENV,
+        tags=["sample"],
+    ),
+    DeploymentSpec(
+        PROBE, "paper",
+        "Linear-probe evaluation with the paper's protocol (appendix B.3) on the real benchmarks. "
+        "Fill in `datasets` (benchmark -> its folder in the published layout; drop the ones you "
+        "do not have; `emotionclip eval inspect` checks a folder) and `checkpoint` (ours) or "
+        "`official_checkpoint` (the authors'); with neither, the paper profile's untrained model "
+        "(OpenCLIP initialisation) is evaluated. Paper models, fetched on first use; set `device` "
+        "to cuda on a GPU machine.",
+        parameters={"datasets": PAPER_BENCHMARK_ROOTS, "profile": "paper", "checkpoint": None,
+                    "out_dir": str(REPO_ROOT / "runs" / "linear-probe-paper")},
+        tags=["paper"],
+    ),
+    DeploymentSpec(
+        PROBE, "sample",
+        "Linear probe end to end without any download: writes miniature synthetic copies of BoLD, "
+        "MovieGraphs, MELD, EMOTIC and LIRIS-ACCEDE in their published layouts under "
+        "<data_root>/eval-samples/ when missing (`emotionclip eval make-sample`), then probes them "
+        "with the tiny profile: pretrain/tiny's newest checkpoint if it has written one, else the "
+        "tiny random-weight model. The media are test patterns, not people, so the numbers only "
+        "show that the path works. The sample videos are 64x48, so detection runs at imgsz 64.",
+        parameters={"datasets": {}, "samples": ["bold", "moviegraphs", "meld", "emotic", "liris"],
+                    "sample_size": "small", "profile": "tiny", "det_imgsz": 64,
+                    # pretrain/tiny's out_dir (tests check the two agree)
+                    "checkpoint_from_run": str(REPO_ROOT / "runs" / "pretrain-tiny"),
+                    "out_dir": str(REPO_ROOT / "runs" / "linear-probe-sample")},
         env=OFFLINE_ENV,
         tags=["sample"],
     ),

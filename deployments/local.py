@@ -11,8 +11,10 @@ The server keeps its SQLite database in `.prefect/` of the project, binds to
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -80,12 +82,56 @@ def healthy(port: int) -> bool:
         return False
 
 
+class PortInUseError(RuntimeError):
+    """The server's port is taken by another program (or another project's server)."""
+
+    def __init__(self, port: int, who: str) -> None:
+        super().__init__(f"port {port} on 127.0.0.1 is in use ({who}); pick another with --port")
+        self.port = port
+
+
+def port_in_use(port: int) -> bool:
+    """True if nothing may listen on 127.0.0.1:`port` now. SO_REUSEADDR as the server's own
+    socket sets it, so a port left in TIME_WAIT by a stopped server counts as free."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as e:
+            if e.errno in (errno.EADDRINUSE, errno.EACCES):
+                return True
+            raise
+    return False
+
+
+def _port_user(port: int) -> str:
+    """Who listens on `port`, as far as this user may see."""
+    import psutil
+
+    if healthy(port):
+        return "a Prefect server of another PREFECT_HOME answers there"
+    try:
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
+                try:
+                    return f"by {psutil.Process(conn.pid).name()}, pid {conn.pid}"
+                except psutil.Error:
+                    return f"by pid {conn.pid}"
+    except (psutil.Error, OSError):  # other users' sockets may be hidden
+        pass
+    return "by another program"
+
+
 def start_server(home: Path = DEFAULT_HOME, port: int = DEFAULT_PORT, timeout: float = 120) -> int:
-    """Start `prefect server start` in the background; return its pid once healthy."""
+    """Start `prefect server start` in the background; return its pid once healthy.
+    Already running from `home`: its pid. The port taken by anything else: PortInUseError
+    (before starting, instead of a server that exits with the reason in its log)."""
     home.mkdir(parents=True, exist_ok=True)
     pid = _read_pid(home, "server")
     if pid and healthy(port):
         return pid
+    if port_in_use(port):
+        raise PortInUseError(port, _port_user(port))
     log = open(home / "server.log", "ab")
     proc = subprocess.Popen(
         _prefect() + ["server", "start", "--host", "127.0.0.1", "--port", str(port)],
@@ -175,10 +221,18 @@ HomeOpt = typer.Option(DEFAULT_HOME, help="PREFECT_HOME of the local server (hol
 PortOpt = typer.Option(DEFAULT_PORT, help="Port on 127.0.0.1.")
 
 
+def _start_server_or_exit(home: Path, port: int) -> int:
+    try:
+        return start_server(home, port)
+    except PortInUseError as e:  # the user's to fix: one line, exit 2
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+
+
 @app.command("up")
 def up(home: Path = HomeOpt, port: int = PortOpt) -> None:
     """Start the server, register the deployments, start a worker."""
-    start_server(home, port)
+    _start_server_or_exit(home, port)
     for name in register(home, port):
         typer.echo(f"deployment: {name}")
     start_worker(home, port)
@@ -189,7 +243,7 @@ def up(home: Path = HomeOpt, port: int = PortOpt) -> None:
 @app.command("server")
 def server_cmd(home: Path = HomeOpt, port: int = PortOpt) -> None:
     """Start only the server."""
-    typer.echo(f"server pid {start_server(home, port)} at http://127.0.0.1:{port}")
+    typer.echo(f"server pid {_start_server_or_exit(home, port)} at http://127.0.0.1:{port}")
 
 
 @app.command("deploy")

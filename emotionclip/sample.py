@@ -1,17 +1,22 @@
 """Synthetic media for tests, benchmarks and the demo corpus (generated with ffmpeg).
 
-`make_test_video` draws lavfi test patterns. `make_sample_corpus` builds a tiny
+`make_test_video` draws lavfi test patterns. `make_sample_corpus` builds a small
 corpus in the local-folder layout (`<stem>.mp4` + `<stem>.en.vtt`) with people
-in frame (the two photos shipped inside the ultralytics package, panned so the
-frames move) and English captions of emotional and neutral sentences, some
-too short or too long for the clip filter. Everything is deterministic.
+in frame (the two photos shipped inside the ultralytics package, each video with
+its own crop and pan so the frames move) and English captions of emotional and
+neutral sentences, a few too short or too long for the clip filter. The default
+(8 videos of 80 s, 320x240) is sized so the demo's tiny models keep enough clips
+for a training run: at least 64 with the sample deployment's thresholds
+(tests/test_sample.py checks it). Everything is deterministic.
 """
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from emotionclip.core.ffmpeg import run_ffmpeg
 
@@ -49,7 +54,9 @@ class Line:
     kind: str  # an emotion, "neutral", "sound", "too_short" or "too_long"
 
 
-# One script per video. Durations are what the sentence lasts in the captions.
+# The first three videos open with these scripts, which carry the cases the
+# caption readers and the clip filter must handle; every video then goes on with
+# `_FILLER` lines. Durations are what the sentence lasts in the captions.
 # Clip filter (docs/design.md section 4): 2 s < duration < 10 s.
 SCRIPTS: tuple[tuple[str, tuple[Line, ...]], ...] = (
     # Manual captions, punctuation kept.
@@ -81,14 +88,117 @@ SCRIPTS: tuple[tuple[str, tuple[Line, ...]], ...] = (
     )),
 )
 
-# Pan paths over the two photos (people stay in frame):
-# (image, zoom over the frame size, scale filter, crop x, crop y).
+# Lines of TV dialogue, ten per emotion; each video speaks them in its own order.
+_FILLER: dict[str, tuple[str, ...]] = {
+    "anger": (
+        "Don't you dare walk away from me while I'm talking!",
+        "You promised me, and you broke it like it was nothing.",
+        "Get out of my office before I say something I regret.",
+        "How many times do I have to tell you to stop?",
+        "I'm sick of cleaning up your mess every single time.",
+        "You had no right to read my letters!",
+        "Stop lying to my face, I know what you did.",
+        "This is the last time you humiliate me in front of everyone.",
+        "Who gave you permission to sell my car?",
+        "I trusted you with everything and you threw it away.",
+    ),
+    "joy": (
+        "We got the house, we actually got the house!",
+        "I passed the exam, I can't believe I passed!",
+        "You came back, oh I'm so glad you came back.",
+        "This is wonderful news, let's celebrate tonight!",
+        "She said yes, she's going to marry me!",
+        "Look at this view, isn't it beautiful?",
+        "I love you so much, you make me so happy.",
+        "We did it, the whole team did it together!",
+        "Best birthday ever, thank you all for coming.",
+        "I haven't laughed like that in years.",
+    ),
+    "sadness": (
+        "I just wish I could tell him goodbye one more time.",
+        "Nobody even noticed that I was gone.",
+        "I lost my job today, I don't know what to do.",
+        "She doesn't remember my name anymore.",
+        "Everything we built is gone now.",
+        "I'm so tired of being alone in this apartment.",
+        "He never called back, not even once.",
+        "I miss the way things used to be.",
+        "It's my fault, all of it is my fault.",
+        "I waited at the station all night for you.",
+    ),
+    "fear": (
+        "Did you hear that noise coming from the basement?",
+        "Lock the door, someone is following us!",
+        "Please don't hurt me, I'll give you anything.",
+        "The lights went out and the phone is dead.",
+        "I think there's somebody standing behind the curtain.",
+        "What if they find us here before morning?",
+        "Don't open it, something is moving inside!",
+        "I'm terrified of what the doctor is going to say.",
+        "Run, they're coming up the stairs!",
+        "Why is the back door wide open?",
+    ),
+    "surprise": (
+        "You're pregnant? Since when?",
+        "Wait, you two are brothers?",
+        "I had no idea you could sing like that!",
+        "You bought a boat without telling anyone?",
+        "No way, is that really you after all these years?",
+        "They cancelled the wedding? Just like that?",
+        "You mean the money was in the attic the whole time?",
+        "I never thought I would see you in this town again.",
+        "Hold on, you're telling me she was here yesterday?",
+        "A surprise party for me? Really?",
+    ),
+    "disgust": (
+        "Ugh, there's hair in my soup again.",
+        "That's revolting, take it off the table.",
+        "I can't believe you would eat something off the floor.",
+        "The fridge smells like something died in there.",
+        "Gross, don't touch me with those hands!",
+        "How can you live in a place this filthy?",
+        "He's a liar and a cheat, he makes me sick.",
+        "Those shoes are covered in mud, take them outside.",
+        "This milk is sour, it's completely rotten.",
+        "You kissed him? That's disgusting.",
+    ),
+    "neutral": (
+        "The train leaves at half past seven from platform two.",
+        "Could you pass me the salt and the pepper, please?",
+        "I'll pick up the groceries on the way home.",
+        "The report is due on Friday afternoon.",
+        "We parked the car behind the old library.",
+        "My sister lives two streets away from the school.",
+        "Turn left at the bakery and then keep going straight.",
+        "The meeting was moved to the small conference room.",
+        "I usually take the bus when it rains.",
+        "The printer on the second floor needs paper.",
+    ),
+}
+# Filler lines last 0.4 s a word, within 2.5-6 s. The tiny punctuation model ends a
+# sentence every ~4.5 words wherever the script does, so this rate (with 80 s videos)
+# is what leaves enough of its sentences inside the filter's 2-10 s.
+_S_PER_WORD = 0.4
+_FILLER_S = (2.5, 6.0)
+
+# Pan paths over the two photos (people stay in frame), one per video:
+# (image, zoom over the frame size, scale filter, crop x, crop y, extra filters).
 _SHOTS = (
-    ("zidane.jpg", 1.15, "scale=-2:{h2}", "(iw-ow)*(0.5+0.5*sin(2*PI*t/9))", "(ih-oh)*(0.5+0.5*sin(2*PI*t/6))"),
-    ("bus.jpg", 1.15, "scale={w2}:-2", "(iw-ow)*(0.5+0.5*sin(2*PI*t/7))", "(ih-oh)*(0.45+0.4*sin(2*PI*t/11))"),
-    ("zidane.jpg", 1.5, "scale=-2:{h2}", "(iw-ow)*(0.5-0.5*cos(2*PI*t/12))", "(ih-oh)*(0.3+0.3*sin(2*PI*t/5))"),
+    ("zidane.jpg", 1.15, "scale=-2:{h2}", "(iw-ow)*(0.5+0.5*sin(2*PI*t/9))", "(ih-oh)*(0.5+0.5*sin(2*PI*t/6))", ""),
+    ("bus.jpg", 1.15, "scale={w2}:-2", "(iw-ow)*(0.5+0.5*sin(2*PI*t/7))", "(ih-oh)*(0.45+0.4*sin(2*PI*t/11))", ""),
+    ("zidane.jpg", 1.5, "scale=-2:{h2}", "(iw-ow)*(0.5-0.5*cos(2*PI*t/12))", "(ih-oh)*(0.3+0.3*sin(2*PI*t/5))", ""),
+    ("bus.jpg", 1.4, "scale={w2}:-2", "(iw-ow)*(0.5-0.5*cos(2*PI*t/13))", "(ih-oh)*(0.6+0.35*sin(2*PI*t/8))", "hflip"),
+    ("zidane.jpg", 1.8, "scale=-2:{h2}", "(iw-ow)*(0.5+0.5*sin(2*PI*t/15))", "(ih-oh)*(0.4+0.2*cos(2*PI*t/7))", ""),
+    ("bus.jpg", 1.25, "scale={w2}:-2", "(iw-ow)*(0.5+0.5*cos(2*PI*t/10))", "(ih-oh)*(0.3+0.25*sin(2*PI*t/9))", ""),
+    ("zidane.jpg", 1.3, "scale=-2:{h2}", "(iw-ow)*(0.5-0.5*sin(2*PI*t/8))", "(ih-oh)*(0.5-0.5*cos(2*PI*t/10))",
+     "hflip"),
+    ("bus.jpg", 1.7, "scale={w2}:-2", "(iw-ow)*(0.5-0.5*sin(2*PI*t/11))", "(ih-oh)*(0.5+0.3*cos(2*PI*t/6))", "hflip"),
 )
 
+# The default corpus: the tiny models keep 79 clips of it with the sample deployment's
+# thresholds; shorter or fewer videos would leave too few for batches of 16.
+SAMPLE_VIDEOS = 8
+SAMPLE_DURATION_S = 80.0
 _START_S = 0.5  # first sentence starts here
 _GAP_S = 0.4  # silence between sentences
 
@@ -123,10 +233,23 @@ def _layout(script: tuple[Line, ...], duration_s: float) -> list[tuple[float, fl
     return out
 
 
-def sample_script(i: int, duration_s: float = 24.0) -> tuple[str, list[tuple[float, float, Line]]]:
-    """Caption kind ("vtt" or "auto_vtt") and the timed lines (start, end, line) of sample video i."""
+def _filler(i: int) -> tuple[Line, ...]:
+    """Every `_FILLER` line once, in video i's own order, with its duration."""
+    rng = random.Random(100 + i)
+    lines = [(kind, text) for kind, texts in _FILLER.items() for text in texts]
+    rng.shuffle(lines)
+    lo, hi = _FILLER_S
+    return tuple(Line(text, round(min(hi, max(lo, len(text.split()) * _S_PER_WORD + rng.uniform(-0.2, 0.4))), 1), kind)
+                 for kind, text in lines)
+
+
+def sample_script(i: int, duration_s: float = SAMPLE_DURATION_S) -> tuple[str, list[tuple[float, float, Line]]]:
+    """Caption kind ("vtt" or "auto_vtt") and the timed lines (start, end, line) of sample video i.
+    The kind is that of script i % 3; videos 0-2 open with their script's lines; filler lines
+    follow until the video ends."""
     kind, script = SCRIPTS[i % len(SCRIPTS)]
-    return kind, _layout(script, duration_s)
+    opening = script if i < len(SCRIPTS) else ()
+    return kind, _layout(opening + _filler(i), duration_s)
 
 
 def _word_times(text: str, start: float, end: float, rng: random.Random) -> list[tuple[str, float]]:
@@ -170,15 +293,15 @@ def _rolling_vtt(cues: list[tuple[float, float, Line]], rng: random.Random, word
     return "\n".join(out)
 
 
-def _write_video(path: Path, image: Path, shot: tuple[str, float, str, str, str], duration_s: float,
+def _write_video(path: Path, image: Path, shot: tuple[str, float, str, str, str, str], duration_s: float,
                  width: int, height: int, fps: int) -> None:
-    _, zoom, scale, x, y = shot
+    _, zoom, scale, x, y, extra = shot
     # Scale the photo larger than the frame, then pan a frame-sized window over it.
     scale = scale.format(w2=int(width * zoom) // 2 * 2, h2=int(height * zoom) // 2 * 2)
     n = int(round(duration_s * fps))
     # Decode the photo once and repeat it (loop filter), instead of -loop 1 re-decoding it per frame.
     vf = (f"{scale},loop=loop={n - 1}:size=1:start=0,setpts=N/{fps}/TB,"
-          f"crop={width}:{height}:x='{x}':y='{y}',setsar=1,format=yuv420p")
+          f"crop={width}:{height}:x='{x}':y='{y}',{extra + ',' if extra else ''}setsar=1,format=yuv420p")
     tmp = path.with_name(f".{path.name}.tmp.mp4")
     run_ffmpeg(["-y", "-i", str(image), "-vf", vf, "-frames:v", str(n), "-r", str(fps),
                 "-c:v", "libx264", "-preset", "ultrafast", "-g", str(2 * fps), "-pix_fmt", "yuv420p",
@@ -188,8 +311,8 @@ def _write_video(path: Path, image: Path, shot: tuple[str, float, str, str, str]
 
 def make_sample_corpus(
     folder: str | Path,
-    n_videos: int = 3,
-    duration_s: float = 24.0,
+    n_videos: int = SAMPLE_VIDEOS,
+    duration_s: float = SAMPLE_DURATION_S,
     *,
     width: int = 320,
     height: int = 240,
@@ -198,8 +321,9 @@ def make_sample_corpus(
 ) -> list[Path]:
     """Write `n_videos` short videos with people in frame plus English captions
     (`<stem>.mp4` + `<stem>.en.vtt`, the local-folder layout) into `folder`;
-    return the video paths. Video i uses script i % 3: manual captions with
-    punctuation, rolling automatic captions without, manual with markup."""
+    return the video paths. Video i has captions of the kind of script i % 3 (manual
+    with punctuation, rolling automatic without, manual with markup; see
+    `sample_script`) and shot i % 8 (its own photo crop, zoom and pan)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     videos = []
@@ -219,15 +343,35 @@ def make_sample_corpus(
     return videos
 
 
-def ensure_sample_corpus(folder: str | Path, **kwargs) -> Path:
-    """Generate the sample corpus into `folder` once. Safe when several runs ask at
-    the same time (a file lock; the second finds `.complete` and returns)."""
+def _spec(kwargs: dict[str, Any]) -> str:
+    """What `.complete` records: the corpus's parameters and its scripts, so a corpus made by
+    an older version of this module (or with other parameters) is made again."""
+    import hashlib
+    import inspect
+
+    bound = inspect.signature(make_sample_corpus).bind("", **kwargs)
+    bound.apply_defaults()
+    params = {k: v for k, v in bound.arguments.items() if k != "folder"}
+    scripts = repr((SCRIPTS, _FILLER, _S_PER_WORD, _FILLER_S, _SHOTS, _START_S, _GAP_S))
+    return json.dumps({**params, "scripts": hashlib.sha256(scripts.encode()).hexdigest()[:16]}, sort_keys=True)
+
+
+def ensure_sample_corpus(folder: str | Path, **kwargs: Any) -> Path:
+    """Generate the sample corpus (`make_sample_corpus(folder, **kwargs)`) into `folder`
+    once. Safe when several runs ask at the same time (a file lock; the second finds
+    `.complete` and returns). A corpus made with other parameters or scripts (a data
+    root from an older version) is replaced."""
     from filelock import FileLock
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    spec = _spec(kwargs)
+    done = folder / ".complete"
     with FileLock(str(folder.with_name(folder.name + ".lock"))):
-        if not (folder / ".complete").exists():
+        if not done.exists() or done.read_text(encoding="utf-8") != spec:
+            done.unlink(missing_ok=True)
+            for old in folder.glob("sample_*"):  # an older corpus may have had more videos
+                old.unlink()
             make_sample_corpus(folder, **kwargs)
-            (folder / ".complete").touch()
+            done.write_text(spec, encoding="utf-8")
     return folder

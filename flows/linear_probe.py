@@ -2,7 +2,8 @@
 benchmarks with the paper's protocol.
 
     per dataset: features per split (cached on disk by model, dataset, split,
-    preprocessing) -> probe (C preset or searched) -> rows
+    preprocessing) -> probe (C by appendix B.3's random search, a grid or the
+    authors' preset; the search cached beside the features) -> rows
     -> results table (Parquet + Markdown in out_dir, and a Prefect table artifact)
 
 The logic lives in `emotionclip.evaluation`; these tasks only wrap it. Prefect's
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
@@ -22,7 +23,7 @@ from prefect.cache_policies import NO_CACHE
 from emotionclip.evaluation import results as R
 from emotionclip.evaluation.datasets import get_spec
 from emotionclip.evaluation.features import FeatureConfig
-from emotionclip.evaluation.probes import ProbeConfig
+from emotionclip.evaluation.probes import PAPER_C_TRIALS, ProbeConfig
 from emotionclip.evaluation.run import (
     ModelHandle, SplitFeatures, check_layout, check_model_choice, detector_for, load_model, needed_splits,
     probe_dataset, results_rows, split_features,
@@ -58,9 +59,12 @@ def features_task(model: ModelSpec, dataset: str, root: str, split: str, cache_d
 
 @task(name="eval-probe", task_run_name="probe-{dataset}", cache_policy=NO_CACHE)
 def probe_task(model: ModelSpec, dataset: str, data: dict[str, SplitFeatures],
-               probe_config: ProbeConfig) -> list[dict[str, Any]]:
+               probe_config: ProbeConfig, cache_dir: Optional[str] = None) -> list[dict[str, Any]]:
     handle = model.load()
-    result, extra = probe_dataset(dataset, data, probe_config)
+    result, extra = probe_dataset(dataset, data, probe_config, cache_dir=cache_dir)
+    if result.c_mode in ("paper", "grid") and result.c_trials:
+        get_run_logger().info("%s: C %.4g from %s (%d trials%s)", dataset, result.c, result.c_source,
+                              len(result.c_trials), ", cached" if result.search_cached else "")
     return results_rows(dataset, handle, data, result, extra, probe_config)
 
 
@@ -75,6 +79,49 @@ def results_task(rows: list[dict[str, Any]], out_dir: str) -> dict[str, str]:
     return paths
 
 
+# -- miniature benchmarks: generated on the fly, probed with the newest checkpoint of a run --
+
+SAMPLES_DIR = "eval-samples"  # under the data root
+
+
+@task(name="eval-make-sample", task_run_name="make-sample-{dataset}", cache_policy=NO_CACHE)
+def make_sample_task(dataset: str, root: str, size: str) -> str:
+    """Write the miniature `dataset` to `root` unless a complete one is there."""
+    from emotionclip.evaluation.sample import SIZES, is_sample, make_sample
+
+    if is_sample(root):
+        get_run_logger().info("%s: using the sample already at %s", dataset, root)
+        return root
+    try:
+        make_sample(dataset, root, n_per_split=SIZES[size])
+    except OSError:
+        if not is_sample(root):  # not a concurrent run that finished first: a real folder is in the way
+            raise
+    return root
+
+
+def sample_inputs(datasets: dict[str, str], samples: Optional[list[str]], sample_size: str,
+                  data_root: Optional[str], checkpoint: Optional[str], official_checkpoint: Optional[str],
+                  checkpoint_from_run: Optional[str]) -> tuple[dict[str, str], Optional[str]]:
+    """`datasets` with the generated samples added, and the checkpoint to evaluate."""
+    from emotionclip.core.catalog import load_catalog
+
+    out = dict(datasets)
+    if samples:
+        base = load_catalog(data_root=data_root).root
+        if "://" in base:
+            raise ValueError(f"samples are written with ffmpeg and need a local data root, not {base}")
+        for name in samples:
+            spec = get_spec(name)
+            out[spec.name] = make_sample_task(spec.name, str(Path(base) / SAMPLES_DIR / spec.name), sample_size)
+    if checkpoint_from_run and not (checkpoint or official_checkpoint):
+        from emotionclip.training.checkpoint import latest_checkpoint
+
+        checkpoint = latest_checkpoint(checkpoint_from_run)
+        get_run_logger().info("model: %s", checkpoint or f"no checkpoint in {checkpoint_from_run}: the profile's model")
+    return out, checkpoint
+
+
 @flow(name="linear-probe", log_prints=True)
 def linear_probe(
     datasets: dict[str, str],
@@ -82,7 +129,8 @@ def linear_probe(
     checkpoint: Optional[str] = None,
     official_checkpoint: Optional[str] = None,
     profile: Optional[str] = None,
-    c_mode: str = "preset",
+    c_mode: str = "paper",
+    c_trials: int = PAPER_C_TRIALS,
     c: Optional[float] = None,
     seed: int = 2022,
     smoothing: str = "sequence",
@@ -94,17 +142,38 @@ def linear_probe(
     batch_size: int = 16,
     device: str = "cpu",
     limit: Optional[int] = None,
+    # -- miniature benchmarks (the linear-probe/sample deployment) --
+    samples: Optional[list[str]] = None,
+    sample_size: Literal["small", "medium"] = "small",
+    data_root: Optional[str] = None,
+    checkpoint_from_run: Optional[str] = None,
 ) -> dict[str, Any]:
     """`datasets` maps a benchmark name (bold, meld, emotic, moviegraphs, liris) to its
     folder. The model: checkpoint or official_checkpoint (with `profile` giving the
-    detector, e.g. "tiny" offline), or `profile` alone for that profile's model."""
+    detector, e.g. "tiny" offline), or `profile` alone for that profile's model.
+    `c_mode`: paper (appendix B.3's seeded random search, `c_trials` trials), grid
+    or preset (the authors' fixed C); `c` overrides it.
+
+    Args:
+        samples: Benchmarks to probe on a miniature synthetic copy in the published layout
+            (`emotionclip eval make-sample`), at `<data_root>/eval-samples/<name>`; written
+            there first when missing. Added to `datasets`.
+        sample_size: Size of a generated sample: small (14 samples per split) or medium (56).
+        data_root: Where generated samples go (`<data_root>/eval-samples/`); default: the
+            catalog's data root.
+        checkpoint_from_run: A pretrain run's out_dir (e.g. pretrain/tiny's): evaluate its
+            newest checkpoint when it has one and no checkpoint is given; else the
+            profile's model.
+    """
+    datasets, checkpoint = sample_inputs(datasets, samples, sample_size, data_root, checkpoint,
+                                         official_checkpoint, checkpoint_from_run)
     check_model_choice(checkpoint, official_checkpoint, profile)
     for name, root in datasets.items():
         check_layout(name, root)  # fail early on a wrong folder, before any model is loaded
     model = ModelSpec(checkpoint=checkpoint, official_checkpoint=official_checkpoint, profile=profile, device=device)
     model.load()  # fail early on a bad checkpoint
     fcfg = FeatureConfig(detector=detector_for(profile) if detect else None, det_imgsz=det_imgsz)
-    pcfg = ProbeConfig(c_mode=c_mode, c=c, seed=seed, smoothing=smoothing,  # type: ignore[arg-type]
+    pcfg = ProbeConfig(c_mode=c_mode, c=c, c_trials=c_trials, seed=seed, smoothing=smoothing,  # type: ignore[arg-type]
                        savgol_window=savgol_window, savgol_order=savgol_order)
     cache = cache_dir or str(Path(out_dir) / "cache")
     rows: list[dict[str, Any]] = []
@@ -115,7 +184,7 @@ def linear_probe(
                    for s in needed_splits(spec)}
         data = {s: f.result() for s, f in futures.items()}
         skipped[spec.name] = sum(len(d.stats.skipped) for d in data.values())
-        rows += probe_task(model, spec.name, data, pcfg)
+        rows += probe_task(model, spec.name, data, pcfg, cache)
     paths = results_task(rows, out_dir)
     return {"paths": paths, "rows": len(rows), "skipped": skipped}
 

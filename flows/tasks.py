@@ -12,7 +12,7 @@ global YouTube rate limit.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, Optional
 
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
@@ -79,9 +79,11 @@ def _youtube_slot() -> None:
 
 
 @_network_task("search")
-def search(catalog: Catalog) -> list[dict]:
+def search(catalog: Catalog, known: Optional[set[str]] = None) -> list[dict]:
+    """`known`: ids the video registry says not to fetch again (done, excluded, given
+    up on); dropped before any metadata request is made for them."""
     _youtube_slot()  # the search requests themselves; each metadata probe takes its own slot
-    return STAGES["search"].run(catalog, throttle=_youtube_slot).to_dict("records")
+    return STAGES["search"].run(catalog, throttle=_youtube_slot, known=set(known or ())).to_dict("records")
 
 
 @_network_task("download", task_run_name="download-{video_id}{url}")
@@ -89,6 +91,33 @@ def download(catalog: Catalog, video_id: str = "", url: str = "") -> dict:
     if video_id:
         _youtube_slot()
     return STAGES["download"].run(catalog, video_id=video_id or None, url=url or None)
+
+
+def download_task(catalog: Catalog) -> Task:
+    """`download` with the catalog's in-run retry policy (`stages.download.task_retries`,
+    backoff from `task_retry_delay_s`); later runs retry what is still failing."""
+    params = catalog.stages.download
+    delays = exponential_backoff(backoff_factor=params.task_retry_delay_s)(params.task_retries) \
+        if params.task_retries else 0
+    return download.with_options(retries=params.task_retries, retry_delay_seconds=delays)
+
+
+def is_transient_stage_failure(exc: BaseException) -> bool:
+    """Whether a per-video stage failure may heal by itself: a network error (the
+    download classifier), a timeout, memory or disk running out. Anything else (bad
+    input, a bug, a missing model) is permanent: retrying would fail the same way."""
+    import errno
+
+    seen: set[int] = set()
+    cur: Optional[BaseException] = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if is_transient_error(cur) or isinstance(cur, (TimeoutError, MemoryError)) \
+                or type(cur).__name__ == "OutOfMemoryError" \
+                or (isinstance(cur, OSError) and cur.errno in (errno.ENOSPC, errno.ENOMEM, errno.EDQUOT)):
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False
 
 
 @task(name="import-local-folder", cache_policy=NO_CACHE)

@@ -254,3 +254,31 @@ def test_corrupt_video_is_recorded_and_others_complete(server, tmp_path):
     kept = _manifest(root)
     assert set(kept["video_id"]) <= {p.stem for p in good}
     assert len(kept) > 0
+
+
+def test_linear_probe_sample_deployment_generates_and_probes(server, tmp_path):
+    """linear-probe/sample end to end on the server: the miniature benchmarks are written
+    into the data root, then probed with the tiny model (the run folder given has no
+    pretrain/tiny checkpoint: the random tiny model)."""
+    from deployments.definitions import DEPLOYMENTS, PROBE, _extra_deployments
+    from emotionclip.evaluation.sample import DATASETS, is_sample
+
+    assert {"linear-probe/paper", "linear-probe/sample"} <= set(server["names"])
+    specs = {(s.flow_entrypoint, s.name): s for s in DEPLOYMENTS + _extra_deployments()}
+    # "the newest pretrain/tiny checkpoint": the folder pretrain/tiny writes to
+    assert (specs[(PROBE, "sample")].parameters["checkpoint_from_run"]
+            == specs[("flows/pretrain.py:pretrain", "tiny")].parameters["out_dir"])
+
+    async def schema(client):
+        return (await client.read_deployment_by_name("linear-probe/sample")).parameter_openapi_schema
+
+    props = _client_call(server, schema)["properties"]
+    assert all(props[p].get("description") for p in ("samples", "sample_size", "data_root", "checkpoint_from_run"))
+
+    out = tmp_path / "probe"
+    _run_deployment(server, "linear-probe/sample",
+                    params={"out_dir": str(out), "checkpoint_from_run": str(tmp_path / "no-pretrain-run")})
+    assert all(is_sample(server["data"] / "main" / "eval-samples" / d) for d in DATASETS)
+    df = pd.read_parquet(out / "results.parquet")
+    assert set(df.dataset) == set(DATASETS)
+    assert set(df.model) == {"profile:tiny:emotionclip-tiny-vit"} and df["value"].notna().all()

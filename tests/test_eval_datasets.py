@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import eval_layouts as L
+from emotionclip.evaluation import sample as L
 from emotionclip.evaluation.datasets import EMOTIC_CATEGORIES, DatasetLayoutError, bold, emotic, liris, meld, moviegraphs
 
 

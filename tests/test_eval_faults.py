@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-import eval_layouts as L
+from emotionclip.evaluation import sample as L
 from emotionclip.evaluation.datasets import Sample
 from emotionclip.evaluation.features import FeatureStats
 from emotionclip.evaluation.probes import ProbeConfig

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-import eval_layouts as L
+from emotionclip.evaluation import sample as L
 
 
 def test_linear_probe_flow_writes_table_and_artifact(tmp_path):
@@ -14,7 +14,7 @@ def test_linear_probe_flow_writes_table_and_artifact(tmp_path):
 
     root = L.make_emotic_preprocessed(tmp_path / "emotic", n=4, missing=None)
     out = tmp_path / "out"
-    res = linear_probe({"emotic": str(root)}, str(out), profile="tiny", detect=False)
+    res = linear_probe({"emotic": str(root)}, str(out), profile="tiny", detect=False, c_mode="preset")
     assert res["rows"] == 4 and res["skipped"] == {"emotic": 0}
     df = pd.read_parquet(out / "results.parquet")
     assert set(zip(df.split, df.metric)) == {("val", "mAP"), ("val", "AUC"), ("test", "mAP"), ("test", "AUC")}

@@ -24,7 +24,8 @@ def _multilabel(n, seed):
 def test_preset_probe_equals_authors_classifier():
     xtr, ytr = _multilabel(60, 0)
     xte, yte = _multilabel(30, 1)
-    res = P.classification_probe("bold", "multilabel", 5, 3.16, (xtr, ytr), None, {"val": (xte, yte)}, P.ProbeConfig())
+    res = P.classification_probe("bold", "multilabel", 5, 3.16, (xtr, ytr), None, {"val": (xte, yte)},
+                                 P.ProbeConfig(c_mode="preset"))
     assert res.c == 3.16 and res.c_source == "preset"
     ref = OneVsRestClassifier(LogisticRegression(random_state=2022, max_iter=2000, C=3.16, solver="sag")).fit(xtr, ytr)
     p = ref.predict_proba(xte)
@@ -36,7 +37,7 @@ def test_search_picks_best_c_on_validation():
     rng = np.random.default_rng(3)
     x = rng.normal(size=(120, 6))
     y = (x[:, 0] + 0.8 * rng.normal(size=120) > 0).astype(int) + (x[:, 1] > 1).astype(int)
-    cfg = P.ProbeConfig(c_mode="search", c_grid=(0.001, 0.1, 10.0))
+    cfg = P.ProbeConfig(c_mode="grid", c_grid=(0.001, 0.1, 10.0))
     res = P.classification_probe("meld", "multiclass", 7, 8.0, (x[:80], y[:80]), (x[80:100], y[80:100]),
                                  {"test": (x[100:], y[100:])}, cfg, val_name="dev")
     assert set(res.search_scores) == {0.001, 0.1, 10.0}
@@ -48,7 +49,7 @@ def test_search_picks_best_c_on_validation():
 
 def test_search_without_val_uses_holdout_of_train():
     xtr, ytr = _multilabel(50, 4)
-    cfg = P.ProbeConfig(c_mode="search", c_grid=(0.1, 1.0))
+    cfg = P.ProbeConfig(c_mode="grid", c_grid=(0.1, 1.0))
     res = P.classification_probe("bold", "multilabel", 5, 3.16, (xtr, ytr), None, {"val": _multilabel(20, 5)}, cfg)
     assert res.c_source == "search:holdout0.2-of-train" and res.c in (0.1, 1.0)
     a, b = P.holdout_split(50, 0.2, 2022)

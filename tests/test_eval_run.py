@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-import eval_layouts as L
+from emotionclip.evaluation import sample as L
 from emotionclip.evaluation.features import FeatureConfig, frame_range, uniform_indices
 from emotionclip.evaluation.datasets import Sample
 from emotionclip.evaluation.probes import ProbeConfig
@@ -58,7 +58,7 @@ def test_meld_cli_end_to_end_with_detection_and_cache(tmp_path, tiny):
     calls, hook = _count_forwards(tiny.model)
     out = tmp_path / "out"
     args = ["run", "meld", "--root", str(root), "--profile", "tiny", "--out", str(out), "--det-imgsz", "64",
-            "--batch-size", "4"]
+            "--batch-size", "4", "--c-mode", "preset"]
     try:
         res = runner.invoke(app, args)
         assert res.exit_code == 0, res.output
@@ -91,7 +91,7 @@ def test_meld_cli_end_to_end_with_detection_and_cache(tmp_path, tiny):
 def test_bold_with_joint_boxes_search_and_r2(tmp_path, tiny):
     root = L.make_bold(tmp_path / "bold", n_train=6, n_val=4)
     r = run_linear_probe("bold", root, tiny, tmp_path / "out", feature_config=FeatureConfig(detector=None),
-                         probe_config=ProbeConfig(c_mode="search", c_grid=(0.1, 10.0)))
+                         probe_config=ProbeConfig(c_mode="grid", c_grid=(0.1, 10.0)))
     assert r["c_source"] == "search:holdout0.2-of-train" and r["C"] in (0.1, 10.0)
     metrics = {(x["split"], x["metric"]) for x in r["rows"]}
     assert metrics == {("val", "mAP"), ("val", "AUC"), ("val", "R2")}
@@ -114,7 +114,8 @@ def test_emotic_images_and_moviegraphs(tmp_path, tiny):
     assert {(x["split"], x["metric"]) for x in r["rows"]} == {("val", "mAP"), ("val", "AUC"),
                                                               ("test", "mAP"), ("test", "AUC")}
     root = L.make_moviegraphs(tmp_path / "mg")
-    r = run_linear_probe("moviegraphs", root, tiny, tmp_path / "out", feature_config=FeatureConfig(detector=None))
+    r = run_linear_probe("moviegraphs", root, tiny, tmp_path / "out", feature_config=FeatureConfig(detector=None),
+                         probe_config=ProbeConfig(c_mode="preset"))
     assert {(x["split"], x["metric"]) for x in r["rows"]} == {("val", "accuracy"), ("test", "accuracy")}
     assert r["C"] == 10.0
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-import eval_layouts as L
+from emotionclip.evaluation import sample as L
 from emotionclip.models import load_checkpoint
 from emotionclip.training import checkpoint as ckpt
 from emotionclip.training.config import make_config

@@ -45,12 +45,18 @@ def run_cmd(
         help="Alone: build the catalog profile's model (tiny: random weights). With a checkpoint: take only the "
              "auxiliary models (detector) from it."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Let an official checkpoint that needs full unpickling load (trusted files only)."),
-    c_mode: str = typer.Option("preset", "--c-mode", help="preset (authors' fixed C) or search (on the validation split)."),
-    c: Optional[float] = typer.Option(None, "--c", help="Use this C."),
+    c_mode: str = typer.Option(
+        "paper", "--c-mode",
+        help="How C is chosen: paper (seeded log-uniform random search, appendix B.3), grid (a fixed grid) or "
+             "preset (the authors' fixed C). Both searches score on the validation split, or on a hold-out of "
+             "train where the benchmark has none or no public test labels (BoLD)."),
+    c_trials: int = typer.Option(32, "--c-trials", min=1, help="Random-search trials of --c-mode paper (ours: 32)."),
+    c: Optional[float] = typer.Option(None, "--c", help="Use this C (overrides --c-mode)."),
     smoothing: str = typer.Option("sequence", "--smoothing", help="LIRIS: sequence (authors), per_movie or none."),
     savgol_window: int = typer.Option(100, help="LIRIS Savitzky-Golay window (authors: 100)."),
     savgol_order: int = typer.Option(3, help="LIRIS Savitzky-Golay order (authors: 3)."),
-    seed: int = typer.Option(2022, help="Probe seed (authors: 2022)."),
+    seed: int = typer.Option(2022, "--seed", help="Probe seed: the search's trials and hold-out, the classifiers "
+                                                    "(authors: 2022)."),
     detect: bool = typer.Option(True, "--detect/--no-detect", help="Detect humans where the dataset gives no box."),
     det_imgsz: int = typer.Option(640, help="Detector input size (paper: 640)."),
     catalog: Optional[Path] = typer.Option(None, help="Catalog file (detector of the profile)."),
@@ -65,8 +71,8 @@ def run_cmd(
         _fail("give one of --checkpoint and --official-checkpoint, not both")
     if checkpoint is None and official_checkpoint is None and profile is None:
         _fail("give --checkpoint, --official-checkpoint or --profile")
-    if c_mode not in ("preset", "search") or smoothing not in ("sequence", "per_movie", "none"):
-        _fail("--c-mode must be preset|search and --smoothing sequence|per_movie|none")
+    if c_mode not in ("paper", "grid", "preset") or smoothing not in ("sequence", "per_movie", "none"):
+        _fail("--c-mode must be paper|grid|preset and --smoothing sequence|per_movie|none")
     for flag, path in (("--checkpoint", checkpoint), ("--official-checkpoint", official_checkpoint)):
         if path is not None and not path.is_file():
             _fail(f"{flag} {path}: no such file")
@@ -85,7 +91,7 @@ def run_cmd(
     with contextlib.redirect_stdout(sys.stderr):
         summary = _run(name, root, out, checkpoint, official_checkpoint, profile, allow_pickle, c_mode, c,
                        smoothing, savgol_window, savgol_order, seed, detect, det_imgsz, catalog, cache_dir,
-                       batch_size, device, limit)
+                       batch_size, device, limit, c_trials)
     typer.echo(json.dumps(summary, indent=2, default=str))
 
 
@@ -95,7 +101,8 @@ def _fail(message: str) -> NoReturn:
 
 
 def _run(dataset, root, out, checkpoint, official_checkpoint, profile, allow_pickle, c_mode, c, smoothing,
-         savgol_window, savgol_order, seed, detect, det_imgsz, catalog, cache_dir, batch_size, device, limit) -> dict:
+         savgol_window, savgol_order, seed, detect, det_imgsz, catalog, cache_dir, batch_size, device, limit,
+         c_trials=32) -> dict:
     from emotionclip.core.catalog import CatalogError
     from emotionclip.core.errors import ModelNotAvailable
     from emotionclip.evaluation.datasets import DatasetLayoutError
@@ -117,8 +124,8 @@ def _run(dataset, root, out, checkpoint, official_checkpoint, profile, allow_pic
     try:
         summary = run_linear_probe(
             dataset, root, handle, out,
-            probe_config=ProbeConfig(c_mode=c_mode, c=c, seed=seed, smoothing=smoothing,  # type: ignore[arg-type]
-                                     savgol_window=savgol_window, savgol_order=savgol_order),
+            probe_config=ProbeConfig(c_mode=c_mode, c=c, c_trials=c_trials, seed=seed,  # type: ignore[arg-type]
+                                     smoothing=smoothing, savgol_window=savgol_window, savgol_order=savgol_order),
             feature_config=FeatureConfig(detector=det, det_imgsz=det_imgsz), cache_dir=cache_dir,
             batch_size=batch_size, device=device, limit=limit)
     except NoUsableSamples as e:
@@ -149,3 +156,67 @@ def paper_cmd(
         typer.echo(json.dumps([r for k in keys for r in paper.records(k)], indent=2, ensure_ascii=False))
     else:
         typer.echo("\n".join(paper.table_markdown(k) for k in keys))
+
+
+@app.command("make-sample")
+def make_sample_cmd(
+    dataset: str = typer.Argument(..., help="bold, moviegraphs, meld, emotic or liris"),
+    out: Path = typer.Option(..., "--out", help="Folder to write (must not exist, or be empty); then give it to "
+                                                "`eval run --root`."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the synthetic labels and media."),
+    size: str = typer.Option("small", "--size", help="small (14 samples per split) or medium (56)."),
+    n_per_split: Optional[int] = typer.Option(None, "--n-per-split", help="Samples per split (at least 4); "
+                                                                          "overrides --size."),
+) -> None:
+    """Write a miniature copy of a benchmark in its published layout (synthetic test-pattern
+    videos or images, real files) to try `eval inspect` and `eval run` on without the real
+    data; prints JSON: the root, the samples per split and the command to run next."""
+    from emotionclip.evaluation.sample import MARKER, SIZES, make_sample
+
+    if size not in SIZES:
+        _fail(f"--size must be one of {', '.join(SIZES)}")
+    try:
+        root = make_sample(dataset, out, seed=seed, n_per_split=n_per_split or SIZES[size])
+    except KeyError as e:
+        _fail(str(e.args[0]))
+    except (FileExistsError, ValueError) as e:
+        _fail(str(e))
+    info = json.loads((root / MARKER).read_text())
+    typer.echo(json.dumps({"dataset": info["dataset"], "root": str(root), "splits": info["splits"],
+                           "next": f"emotionclip eval run {info['dataset']} --root {root} --profile tiny "
+                                   f"--out {root}-results"}, indent=2))
+
+
+@app.command("exclusions")
+def exclusions_cmd(
+    dataset: str = typer.Argument(..., help="bold, meld, emotic, moviegraphs or liris"),
+    root: Path = typer.Option(..., "--root", help="The dataset folder (published layout)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be added; write nothing."),
+    catalog: Optional[Path] = typer.Option(None, "--catalog", "-c", help="Catalog file (default: data_catalog.yaml or $EMOTIONCLIP_CATALOG)."),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help="Override the catalog's data_root."),
+    sets: Optional[list[str]] = typer.Option(None, "--set", help="Override a catalog value (repeatable)."),
+) -> None:
+    """Add the YouTube ids and titles in a downstream dataset's files to the data root's
+    exclusion list (dataset/exclusions.yaml), so the TV dataset search leaves those videos
+    out (paper appendix A.1). Prints JSON: counts found, added and already excluded, notes."""
+    from emotionclip.cli._common import open_catalog
+    from emotionclip.core.exclusions import ExclusionsError, add_exclusions
+    from emotionclip.evaluation.datasets import DatasetLayoutError
+    from emotionclip.evaluation.exclusions import dataset_exclusions
+
+    try:
+        found = dataset_exclusions(dataset, root)
+    except KeyError as e:
+        _fail(str(e.args[0]))
+    except DatasetLayoutError as e:
+        _fail(f"{root} does not have the {dataset} layout: {e}")
+    cat = open_catalog(catalog, None, data_root, sets, writable=not dry_run)
+    try:
+        summary = add_exclusions(cat, found.ids, found.titles, found.dataset, root=str(root.resolve()),
+                                 dry_run=dry_run)
+    except (ExclusionsError, OSError) as e:
+        _fail(str(e))
+    summary["notes"] = found.notes
+    typer.echo(json.dumps(summary, indent=2))
+    for note in found.notes:
+        typer.echo(f"note: {note}", err=True)

@@ -7,8 +7,15 @@
 --ablation applies a named row of the paper's Table 1 or Table 3
 (`emotionclip train --list-ablations` prints them with the paper's BoLD numbers).
 
-Bad inputs (missing frame stores, broken manifest rows, an unreadable
-checkpoint) are one line on stderr and exit code 2; a full disk, exit code 1.
+--profile tiny trains 2 epochs of batch 16 (what the demo's ~80 sample clips
+fit) instead of the paper's 25 epochs of 128; DataLoader workers default to the
+machine's cores, at most the authors' 8. An explicit --set wins over both
+(`emotionclip.training.config._PROFILE_VALUES`).
+
+Bad inputs (missing manifests, too few clips for a batch, missing frame stores,
+broken manifest rows, an unreadable checkpoint) are one line on stderr and exit
+code 2, checked before the model is built; a full disk, exit code 1.
+`emotionclip --debug train ...` shows the traceback instead.
 
 Writes checkpoints under OUT/checkpoints, OUT/metrics.jsonl (one JSON line per
 logged step) and TensorBoard files under OUT/tensorboard. Several GPUs on this
@@ -20,11 +27,25 @@ from __future__ import annotations
 
 import errno
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from emotionclip.cli._common import fail_usage, parse_overrides
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
+
+# One line per paragraph: the help formatter keeps line breaks.
+HELP = (
+    "Pre-train EmotionCLIP.\n\n"
+    "--profile tiny trains 2 epochs of batch 16 (what the demo's sample manifests fit) instead of the "
+    "paper's 25 epochs of 128. DataLoader workers default to min(8, cores) (the authors used 8). "
+    "Any --set wins over these defaults.\n\n"
+    "Prints the TensorBoard command for the run at start. Bad inputs: one line and exit 2 "
+    "(emotionclip --debug train ... for the traceback)."
+)
 
 
 def app(
@@ -34,24 +55,29 @@ def app(
     ablation: Optional[str] = typer.Option(
         None, "--ablation", help="A named row of the paper's Table 1 / Table 3 (see --list-ablations)."),
     list_ablations: bool = typer.Option(False, "--list-ablations", help="Print the named ablations and exit."),
-    profile: Optional[str] = typer.Option(None, "--profile", "-p", help="Catalog model profile (paper or tiny)."),
+    profile: Optional[str] = typer.Option(
+        None, "--profile", "-p", help="Catalog model profile (paper or tiny; tiny: 2 epochs of batch 16)."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps."),
     resume: Optional[str] = typer.Option(None, "--resume", help="'latest' or a checkpoint path."),
     catalog: Optional[Path] = typer.Option(None, "--catalog", "-c", help="Catalog file (frame stores, models)."),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="Override the catalog's data_root."),
     nproc: int = typer.Option(1, "--nproc", help="Processes (GPUs) on this node; >1 launches torchrun."),
-    sets: Optional[list[str]] = typer.Option(None, "--set", help="Override a training config value, e.g. --set batch_size=64 (repeatable)."),
+    sets: Optional[list[str]] = typer.Option(
+        None, "--set", help="Override a training config value, e.g. --set batch_size=64 or --set num_workers=4 "
+                            "(default: min(8, cores)); repeatable."),
 ) -> None:
-    """Pre-train EmotionCLIP."""
+    """Pre-train EmotionCLIP (the command's help is `HELP`)."""
     import json
     import logging
 
     from pydantic import ValidationError
 
     from emotionclip.training.ablations import ABLATIONS
+    from emotionclip.training.build import load_catalog_for
     from emotionclip.training.config import make_config
-    from emotionclip.training.errors import TrainingInputError
+    from emotionclip.training.inputs import check_run_inputs
     from emotionclip.training.launch import run_training
+    from emotionclip.training.metrics import TB_DIR
 
     if list_ablations:
         for a in ABLATIONS.values():
@@ -67,13 +93,18 @@ def app(
     values.update(parse_overrides(sets))
     try:
         config = make_config(preset, ablation=ablation, **values)
-    except (ValueError, ValidationError) as e:
-        fail_usage(str(e))
+    except ValidationError as e:
+        fail_usage(_validation_line(e))
+    except ValueError as e:
+        fail_usage(_one_line(e))
+    _check_manifests(manifests)
+    load_catalog_for(config)  # a bad catalog file, key or profile: named before the data is read
+    # Manifests, a batch's worth of clips, frame stores: in a second, before a model is built
+    # or torchrun starts ranks (a TrainingInputError: one line and exit 2, emotionclip.cli).
+    check_run_inputs(config, world_size=max(1, nproc))
+    typer.echo(f"TensorBoard: tensorboard --logdir {Path(config.out_dir) / TB_DIR}", err=True)
     try:
         outcome = run_training(config, nproc=nproc)
-    except TrainingInputError as e:  # the user's to fix (the message says how): no traceback
-        typer.echo(f"error: {_one_line(e)}", err=True)
-        raise typer.Exit(2)
     except OSError as e:
         if e.errno != errno.ENOSPC:
             raise
@@ -93,3 +124,33 @@ def app(
 def _one_line(err: BaseException) -> str:
     text = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
     return " ".join(text.split())
+
+
+def _validation_line(err: ValidationError) -> str:
+    """A config validation error as one line, naming the key of each problem."""
+    parts = []
+    for problem in err.errors():
+        key = ".".join(str(x) for x in problem.get("loc", ())) or "config"
+        if problem.get("type") == "extra_forbidden":
+            parts.append(f"--set {key}: not a training config value (see the fields of "
+                         "emotionclip.training.config.TrainConfig)")
+        else:
+            parts.append(f"{key}={problem.get('input')!r}: {problem.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
+def _check_manifests(path: str) -> None:
+    """A local --manifests that is missing, or a folder that holds no manifests: say what
+    to point it at. (A URL is read as it is; a missing one fails when read.)"""
+    if "://" in path:
+        return
+    from emotionclip.core.manifest_store import MANIFEST_FILE
+
+    p = Path(path)
+    build = ("build them with `make demo` (the build-tv-dataset flow on the sample) or "
+             "`emotionclip stage manifests`, or point --manifests at <data_root>/manifests")
+    if not p.exists():
+        fail_usage(f"--manifests {path}: no such file or folder; {build}")
+    if p.is_dir() and not (p / MANIFEST_FILE).exists() and not any(p.glob("clips-*.parquet")):
+        fail_usage(f"--manifests {path}: not a manifests folder (no {MANIFEST_FILE}, no clips-*.parquet shards); "
+                   f"{build}")

@@ -30,6 +30,9 @@ BOLD_OVERLAP_IDS = [
     "y7ncweROe9U", "phrYEKv0rmw", "oD_wxyTHJ2I", "914yZXz-iRs", "2qQs3Y9OJX0", "_mAfwH6i90E",
 ]
 
+# MELD is cut from the Friends TV show (paper section 4.1); its title is excluded by a word rule.
+DEFAULT_EXCLUDE_TITLE_PATTERNS = [r"\bfriends\b"]
+
 STAGES = ("search", "download", "words", "frames", "sentences", "sentiment",
           "humans", "clips", "filter", "manifests", "card")
 
@@ -63,7 +66,12 @@ class Artifacts(_Strict):
     manifests: str = "manifests"
     rejected: str = "manifests/rejected.parquet"
     failures: str = "manifests/failures.parquet"
+    clips_cache: str = "dataset/clips-cache.parquet"  # every done video's unfiltered clips (manifests stage)
     dataset_card: str = "card"
+    # The dataset across runs (emotionclip.core.video_registry): one row per video, one per run.
+    video_registry: str = "dataset/videos.parquet"
+    runs: str = "dataset/runs.parquet"
+    exclusions: str = "dataset/exclusions.yaml"  # ids and titles kept out of the dataset
 
     @field_validator("*")
     @classmethod
@@ -103,8 +111,25 @@ class SearchParams(_Strict):
     max_videos: int = Field(100, ge=1)
     min_duration_s: float = Field(2400, ge=0)  # paper: >= 40 minutes
     require_english_captions: bool = True
+    # Paper appendix A.1: videos appearing in downstream datasets removed by YouTube id and
+    # title. Plus the data root's dataset/exclusions.yaml (emotionclip.core.exclusions).
     exclude_ids: list[str] = Field(default_factory=lambda: list(BOLD_OVERLAP_IDS))
-    exclude_titles: list[str] = Field(default_factory=list)
+    exclude_titles: list[str] = Field(default_factory=list)  # exact, ignoring case and spacing
+    # Regular expressions, case-insensitive, searched in the title. Default: MELD's source
+    # series, Friends (paper section 4.1). It also drops unrelated titles with the word
+    # ("Best Friends Forever"): a few lost candidates cost less than Friends episodes in
+    # pre-training, which would leak into the MELD evaluation.
+    exclude_title_patterns: list[str] = Field(default_factory=lambda: list(DEFAULT_EXCLUDE_TITLE_PATTERNS))
+
+    @field_validator("exclude_title_patterns")
+    @classmethod
+    def _patterns_compile(cls, v: list[str]) -> list[str]:
+        for pattern in v:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"{pattern!r} is not a valid regular expression ({e})") from None
+        return v
 
 
 class DownloadParams(_Strict):
@@ -116,6 +141,12 @@ class DownloadParams(_Strict):
     sleep_interval_s: float = Field(5.0, ge=0)
     max_sleep_interval_s: float = Field(30.0, ge=0)
     rate_limit_per_minute: float = Field(20, gt=0)
+    # Runs that may fail a video transiently (throttled, network, 5xx) before later runs
+    # stop retrying it; permanent failures are not retried (flow parameter retry_failed).
+    max_attempts: int = Field(3, ge=1)
+    # Within one run, Prefect's retries of a transient download failure, backoff factor in s.
+    task_retries: int = Field(3, ge=0)
+    task_retry_delay_s: float = Field(10.0, ge=0)
 
 
 class FrameParams(_Strict):

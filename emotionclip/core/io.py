@@ -109,8 +109,10 @@ def atomic_write_parquet(
     df: pd.DataFrame | pa.Table,
     schema: pa.Schema | None = None,
     metadata: dict[str, str] | None = None,
+    **write_options: Any,
 ) -> None:
-    """Write a DataFrame/Table to Parquet atomically (optionally cast to `schema`)."""
+    """Write a DataFrame/Table to Parquet atomically (optionally cast to `schema`);
+    `write_options` go to `pyarrow.parquet.write_table` (e.g. `use_dictionary`)."""
     table = df if isinstance(df, pa.Table) else pa.Table.from_pandas(df, schema=schema, preserve_index=False)
     if schema is not None and not isinstance(df, pd.DataFrame):
         table = table.cast(schema)
@@ -119,7 +121,7 @@ def atomic_write_parquet(
         meta.update({k.encode(): v.encode() for k, v in metadata.items()})
         table = table.replace_schema_metadata(meta)
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+        pq.write_table(table, tmp, **write_options)
 
 
 def read_parquet(path: str | os.PathLike, columns: list[str] | None = None) -> pd.DataFrame:

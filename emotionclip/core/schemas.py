@@ -91,6 +91,42 @@ FAILURES = pa.schema([
     ("time", pa.string()),  # ISO 8601 UTC
 ])
 
+# The dataset across runs (emotionclip.core.video_registry): one row per video ever seen.
+VIDEO_STATUSES: tuple[str, ...] = ("pending", "done", "failed", "excluded")
+VIDEOS = pa.schema([
+    ("video_id", pa.string()),
+    ("title", pa.string()),
+    ("channel", pa.string()),
+    ("source", pa.string()),  # "youtube" | "url" | "local"
+    ("query", pa.string()),  # the search query that found it; "" if none
+    ("url", pa.string()),
+    ("first_seen", pa.string()),  # ISO 8601 UTC
+    ("added_by_run", pa.string()),  # flow run id, or "cli" / "adopted"
+    ("status", pa.string()),  # one of VIDEO_STATUSES
+    ("failed_stage", pa.string()),
+    ("error", pa.string()),
+    ("attempts", pa.int32()),  # failed attempts so far
+    ("transient", pa.bool_()),  # the last failure may heal (throttling, network, 5xx)
+    ("excluded_reason", pa.string()),
+    ("updated", pa.string()),  # ISO 8601 UTC
+    ("stages", pa.string()),  # JSON object: stage -> "done" | "failed"
+    ("n_clips", pa.int32()),  # kept clips in the current manifests; 0: unknown
+])
+
+# One row per build-tv-dataset run; the totals are the registry's after the run.
+RUNS = pa.schema([
+    ("run_id", pa.string()),
+    ("started", pa.string()),  # ISO 8601 UTC
+    ("finished", pa.string()),
+    ("source", pa.string()),
+    ("videos_added", pa.int32()),
+    ("videos_done", pa.int32()),
+    ("videos_failed", pa.int32()),
+    ("videos_excluded", pa.int32()),
+    ("clips_added", pa.int32()),
+    ("clips_total", pa.int32()),
+])
+
 
 class SchemaError(ValueError):
     pass

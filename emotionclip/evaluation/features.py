@@ -16,7 +16,10 @@ Cache: one `.npz` per (model fingerprint, dataset, split, preprocessing
 fingerprint) holding sample keys and features; a later run computes only the
 samples not in it (so a probe with other settings costs no forward pass, and
 an interrupted run resumes). Frame stores and detections are cached per video
-under `work_dir` and shared between splits and models.
+under `work_dir` and shared between splits and models. Beside the features, a
+probe's C search (appendix B.3) is cached as one JSON per search
+(`c-search/<dataset>/<key>.json`, the key from `probes.search_key`: the search's
+own features and targets, mode, range, trials, seed), so a re-run refits no trial.
 """
 
 from __future__ import annotations
@@ -157,6 +160,34 @@ def write_cache(path: Path, feats: dict[str, np.ndarray]) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, keys=np.asarray(keys), features=np.stack([feats[k] for k in keys]).astype(np.float32))
+
+
+def search_cache_file(cache_dir: str | os.PathLike, dataset: str, key: str) -> Path:
+    """Where one C search's result lives, beside the feature caches."""
+    return Path(cache_dir) / "c-search" / dataset / f"{key[:32]}.json"
+
+
+def read_search_cache(path: Path) -> dict[str, Any] | None:
+    """A cached C search ({C, c_source, trials, search}), or None when absent or
+    unreadable (a torn or hand-edited file is searched again, never trusted)."""
+    if not path.is_file():
+        return None
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(d, dict) or not {"C", "c_source", "trials", "search"} <= set(d):
+        return None
+    if d["search"].get("key", "")[:32] != path.stem:
+        return None
+    return d
+
+
+def write_search_cache(path: Path, result: dict[str, Any]) -> None:
+    from emotionclip.core.io import atomic_write_text
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(str(path), json.dumps(result, indent=1, sort_keys=True))
 
 
 # -- frame selection ----------------------------------------------------------------

@@ -27,8 +27,8 @@ from emotionclip.evaluation import paper
 from emotionclip.evaluation.metrics import PER_CATEGORY
 
 COLUMNS = ["dataset", "split", "metric", "value", "paper", "diff", "paper_source", "videoclip", "xclip",
-           "model", "model_fingerprint", "preset", "C", "c_source", "seed", "n_train", "n_eval", "n_skipped",
-           "per_category", "notes", "created"]
+           "model", "model_fingerprint", "preset", "C", "c_source", "c_mode", "c_trials", "seed", "n_train", "n_eval",
+           "n_skipped", "per_category", "notes", "created"]
 CATEGORY_COLUMNS = ["dataset", "split", "category", "metric", "value", "paper", "diff", "paper_source",
                     "kosti", "emoticon", "model", "seed"]
 _FLOATS = ("value", "paper", "diff", "videoclip", "xclip", "C")
@@ -89,6 +89,9 @@ def rows_from_probe(result: Any, *, model: str, model_fp: str, preset: str, seed
                 **paper_fields(result.dataset, split, metric, value), "model": model,
                 "model_fingerprint": model_fp[:16], "preset": preset,
                 "C": float(result.c) if result.c is not None else None, "c_source": result.c_source,
+                # the C search (appendix B.3): its mode and every trial's C and score, JSON
+                "c_mode": getattr(result, "c_mode", None),
+                "c_trials": json.dumps(getattr(result, "c_trials", None) or []),
                 "seed": int(seed), "n_train": int(n_train), "n_eval": int(n_eval.get(split, 0)),
                 "n_skipped": int(n_skipped), "per_category": per_category, "notes": notes, "created": created,
             })

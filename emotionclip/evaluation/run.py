@@ -120,9 +120,10 @@ def _targets(spec: DatasetSpec, samples: list[Sample]) -> np.ndarray:
     return np.stack([np.asarray(s.target, np.float32) for s in samples])
 
 
-def probe_dataset(dataset: str, data: dict[str, SplitFeatures], config: probes.ProbeConfig) -> tuple[probes.ProbeResult, dict]:
+def probe_dataset(dataset: str, data: dict[str, SplitFeatures], config: probes.ProbeConfig,
+                  cache_dir: str | os.PathLike | None = None) -> tuple[probes.ProbeResult, dict]:
     """Fit and score the paper's probe on extracted features; returns the result and
-    extra metrics (BoLD's VAD R2)."""
+    extra metrics (BoLD's VAD R2). A C search is cached under `cache_dir` (None: not cached)."""
     spec = get_spec(dataset)
     for split, d in data.items():
         if len(d.samples) == 0:
@@ -135,13 +136,17 @@ def probe_dataset(dataset: str, data: dict[str, SplitFeatures], config: probes.P
         evals = {s: (data[s].features, _targets(spec, data[s].samples), [x.group for x in data[s].samples])
                  for s in spec.eval_splits}
         return probes.regression_probe(spec.name, spec.classes, (x_tr, y_tr), evals, config), {}
+    # Only the split appendix B.3 scores the C search on is handed over as `val`
+    # (none for BoLD, whose val is the reported split: its search holds out part of train).
+    where = probes.search_split(spec.name, spec.val_split)
     val = None
-    if spec.val_split:
-        v = data[spec.val_split]
+    if where != probes.HOLDOUT:
+        v = data[where]
         val = (v.features, _targets(spec, v.samples))
     evals = {s: (data[s].features, _targets(spec, data[s].samples)) for s in spec.eval_splits}
     result = probes.classification_probe(spec.name, spec.task, len(spec.classes), spec.preset_c, (x_tr, y_tr),
-                                         val, evals, config, val_name=spec.val_split)
+                                         val, evals, config, val_name=None if val is None else where,
+                                         cache_dir=cache_dir)
     extra: dict[str, dict[str, float]] = {}
     if spec.name == "bold":
         vad = lambda ss: np.stack([s.aux["vad"] for s in ss])  # noqa: E731
@@ -154,7 +159,7 @@ def probe_dataset(dataset: str, data: dict[str, SplitFeatures], config: probes.P
 def results_rows(dataset: str, handle: ModelHandle, data: dict[str, SplitFeatures], result: probes.ProbeResult,
                  extra: dict, config: probes.ProbeConfig) -> list[dict[str, Any]]:
     spec = get_spec(dataset)
-    preset = "authors" if config.c is None and config.c_mode == "preset" else config.c_mode
+    preset = ("given" if config.c is not None else "authors" if config.c_mode == "preset" else config.c_mode)
     return results.rows_from_probe(
         result, model=handle.name, model_fp=handle.fingerprint, preset=preset, seed=config.seed,
         n_train=len(data[spec.train_split].samples), n_eval={s: len(d.samples) for s, d in data.items()},
@@ -173,9 +178,11 @@ def run_linear_probe(dataset: str, root: str | os.PathLike, handle: ModelHandle,
     cache = Path(cache_dir) if cache_dir else Path(out_dir) / "cache"
     data = {s: split_features(handle, spec.name, root, s, cache, fcfg, batch_size=batch_size, device=device,
                               limit=limit) for s in needed_splits(spec)}
-    result, extra = probe_dataset(spec.name, data, cfg)
+    result, extra = probe_dataset(spec.name, data, cfg, cache_dir=cache)
     rows = results_rows(spec.name, handle, data, result, extra, cfg)
     df = results.to_frame(rows)
     paths = results.write_results(df, out_dir, name=f"results-{spec.name}")
     return {"dataset": spec.name, "paths": paths, "rows": rows,
-            "features": {s: d.stats.to_dict() for s, d in data.items()}, "C": result.c, "c_source": result.c_source}
+            "features": {s: d.stats.to_dict() for s, d in data.items()}, "C": result.c, "c_source": result.c_source,
+            "c_mode": result.c_mode, "c_trials": result.c_trials, "c_search_cached": result.search_cached,
+            "c_search": result.search}

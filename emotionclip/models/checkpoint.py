@@ -128,7 +128,17 @@ def _size(n: float) -> str:
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """The raw checkpoint dict (to restore optimizer/scheduler/step when resuming)."""
     with open_file(path, "rb") as f:
-        obj = torch.load(f, map_location=map_location, weights_only=True)
+        try:
+            obj = torch.load(f, map_location=map_location, weights_only=True)
+        except OSError:
+            raise
+        except Exception as err:  # noqa: BLE001 - not a torch file, truncated, foreign: torch raises anything
+            # the first sentence of torch's message, without the C++ source location of a zip error
+            text = re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", (str(err).strip().splitlines() or [""])[0])
+            first = text.split(". ")[0][:200]
+            # no path here: callers name the file they were given (resume, --checkpoint)
+            raise ValueError(
+                f"not an EmotionCLIP checkpoint: torch cannot read it ({type(err).__name__}: {first})") from err
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise ValueError(f"{path} is not an EmotionCLIP checkpoint (for the authors' file use load_official_checkpoint)")
     if obj.get("version", 0) > VERSION:

@@ -5,7 +5,11 @@ data, and PNG plots that show it:
 - neutral-score histogram (log counts; the paper shows it is bimodal),
 - the six other emotions' probabilities before and after filtering,
 - clip durations (all clips and kept clips, with the duration limits),
-- a grid of example clips: one frame each, person boxes drawn, sentence under it.
+- a grid of example clips: one frame each, person boxes drawn, sentence under it,
+- when the data root has a runs table (artifact `runs`), the dataset's growth run by
+  run (videos done, kept clips) and what the last run added; with a video registry
+  (artifact `video_registry`), the videos per status and the top reasons behind the
+  failed and excluded ones.
 
 Deterministic (no timestamps; examples picked by position, not at random) and
 atomic: written into a temporary sibling folder, then swapped in.
@@ -13,6 +17,7 @@ atomic: written into a temporary sibling folder, then swapped in.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -27,6 +32,8 @@ import pandas as pd
 
 from emotionclip.stages.filter import REASONS
 from emotionclip.core.schemas import EMOTIONS
+
+log = logging.getLogger(__name__)
 
 N_EXAMPLES = 8  # example clips in the grid
 _BINS = 50
@@ -67,19 +74,15 @@ def get_code_version() -> str:
 
 # -- plots ---------------------------------------------------------------------
 
-def _plt():
-    os.environ.setdefault("MPLBACKEND", "Agg")
-    import matplotlib
+def _figure(**kw: Any):
+    """A matplotlib Figure drawn by Agg: no pyplot state, so cards can be drawn from any thread."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(**kw)
 
 
 def _save(fig, path: Path) -> Path:
     fig.savefig(path, dpi=100, metadata=_PNG_META)
-    _plt().close(fig)
     return path
 
 
@@ -89,8 +92,8 @@ def _all_clips(kept: pd.DataFrame, rejected: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot_neutral(clips: pd.DataFrame, max_neutral: float, path: Path) -> Path:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = _figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     values = clips["neutral"].to_numpy(float) if len(clips) else np.array([])
     ax.hist(values[np.isfinite(values)], bins=_BINS, range=(0, 1), color="#4c72b0")
     if len(values):
@@ -105,8 +108,8 @@ def plot_neutral(clips: pd.DataFrame, max_neutral: float, path: Path) -> Path:
 
 
 def plot_emotions(before: pd.DataFrame, after: pd.DataFrame, path: Path) -> Path:
-    plt = _plt()
-    fig, axes = plt.subplots(2, 3, figsize=(10, 5.5), sharex=True)
+    fig = _figure(figsize=(10, 5.5))
+    axes = fig.subplots(2, 3, sharex=True)
     for ax, emotion in zip(axes.flat, _OTHER_EMOTIONS):
         col = f"prob_{emotion}"
         for df, label, color in ((before, f"before ({len(before)})", "#8c8c8c"), (after, f"after ({len(after)})", "#dd8452")):
@@ -126,8 +129,8 @@ def plot_emotions(before: pd.DataFrame, after: pd.DataFrame, path: Path) -> Path
 
 
 def plot_durations(clips: pd.DataFrame, kept: pd.DataFrame, min_s: float, max_s: float, path: Path) -> Path:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = _figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     dur_all = (clips["end_s"] - clips["start_s"]).to_numpy(float) if len(clips) else np.array([])
     dur_kept = (kept["end_s"] - kept["start_s"]).to_numpy(float) if len(kept) else np.array([])
     hi = max(float(np.nanmax(dur_all)) if len(dur_all) else 0.0, max_s * 1.5)
@@ -175,13 +178,13 @@ def _example_frame(catalog: Any, clip: pd.Series) -> tuple[np.ndarray | None, in
 
 
 def plot_examples(catalog: Any, examples: pd.DataFrame, path: Path) -> Path:
-    plt = _plt()
     from matplotlib.patches import Rectangle
 
     n = max(len(examples), 1)
     cols = min(4, n)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
+    fig = _figure(figsize=(3.2 * cols, 3.2 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, (_, clip) in zip(axes.flat, examples.iterrows()):
@@ -206,6 +209,142 @@ def plot_examples(catalog: Any, examples: pd.DataFrame, path: Path) -> Path:
     return _save(fig, path)
 
 
+# -- the dataset across runs -------------------------------------------------------
+
+N_REASONS = 10  # failure and exclusion reasons listed per table
+N_RUN_ROWS = 20  # newest runs listed in the growth table (the plot shows all)
+_REASON_CHARS = 120  # an error's first line, cut: messages differ by URL or path beyond that
+
+
+def _read_dataset_table(catalog: Any, artifact: str, schema: Any) -> pd.DataFrame | None:
+    """The `runs` or `video_registry` table of the data root, None when it is not there.
+    A damaged table must not stop the card: it is left out with a warning."""
+    from emotionclip.core.io import exists, open_file
+    from emotionclip.core.schemas import validate_table
+
+    try:
+        path = catalog.artifact(artifact)
+    except (AttributeError, KeyError):  # a catalog without the dataset registry
+        return None
+    if not exists(path):
+        return None
+    try:
+        import pyarrow.parquet as pq
+
+        with open_file(path, "rb") as f:
+            table = pq.read_table(f)
+        validate_table(table, schema, f"{artifact} {path}")
+        return table.select(schema.names).to_pandas()
+    except (OSError, ValueError) as e:
+        log.warning("dataset card: leaving out %s (%s: %s)", path, type(e).__name__, e)
+        return None
+
+
+def sorted_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """Runs oldest first (by start time, then id: the same rows give the same order)."""
+    return runs.sort_values(["started", "run_id"], kind="stable").reset_index(drop=True)
+
+
+def plot_growth(runs: pd.DataFrame, path: Path) -> Path:
+    """Videos done (failed and excluded dashed) and kept clips after each run."""
+    runs = sorted_runs(runs)
+    x = np.arange(1, len(runs) + 1)
+    fig = _figure(figsize=(7, 5))
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    top.plot(x, runs["videos_done"].to_numpy(float), marker="o", color="#4c72b0", label="done")
+    top.plot(x, runs["videos_failed"].to_numpy(float), marker=".", linestyle="--", color="#c44e52", label="failed")
+    top.plot(x, runs["videos_excluded"].to_numpy(float), marker=".", linestyle="--", color="#8c8c8c", label="excluded")
+    top.set_ylabel("videos (total)")
+    top.legend(fontsize=8)
+    bottom.plot(x, runs["clips_total"].to_numpy(float), marker="o", color="#55a868", label="kept clips")
+    bottom.bar(x, runs["clips_added"].to_numpy(float), color="#dd8452", alpha=0.6, label="added by the run")
+    bottom.set_ylabel("clips")
+    bottom.legend(fontsize=8)
+    bottom.set_xlabel("run (oldest first)")
+    if len(runs) <= 12:  # dates fit under the ticks; with more runs the numbers do
+        bottom.set_xticks(x, [f"{i}\n{str(d)[:10]}" for i, d in zip(x, runs["started"])], fontsize=7)
+    else:
+        bottom.xaxis.get_major_locator().set_params(integer=True)
+    for ax in (top, bottom):
+        ax.grid(alpha=0.3)
+        ax.set_ylim(bottom=0)
+    first, last = str(runs["started"].iloc[0])[:10], str(runs["started"].iloc[-1])[:10]
+    fig.suptitle(f"Dataset growth over {len(runs)} run{'s' if len(runs) != 1 else ''} ({first} to {last})")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _reason(text: Any) -> str:
+    """The message's first line, cut to _REASON_CHARS: the key reasons are grouped by."""
+    text = str(text or "").strip()
+    line = text.splitlines()[0] if text else "(no message)"
+    return line if len(line) <= _REASON_CHARS else line[: _REASON_CHARS - 3] + "..."
+
+
+def _top(counts: pd.Series, n: int = N_REASONS) -> list[tuple[Any, int]]:
+    """Most frequent first, ties by name: deterministic."""
+    items = sorted(((k, int(v)) for k, v in counts.items()), key=lambda kv: (-kv[1], str(kv[0])))
+    return items[:n]
+
+
+def render_runs(runs: pd.DataFrame | None, plot: str | None = None) -> list[str]:
+    """Markdown lines: what the newest recorded run added, the totals after it, the growth
+    plot (link target `plot`) and table."""
+    if runs is None or len(runs) == 0:
+        return []
+    runs = sorted_runs(runs)
+    last = runs.iloc[-1]
+    rows = [(i, r.run_id, str(r.started)[:19], r.source, int(r.videos_added), int(r.videos_done),
+             int(r.clips_added), int(r.clips_total)) for i, r in enumerate(runs.itertuples(), start=1)]
+    shown = rows[-N_RUN_ROWS:]
+    return [
+        "## Latest run",
+        "",
+        f"Run `{last.run_id}` ({last.source}, started {last.started}) added {int(last.videos_added)} videos "
+        f"and {int(last.clips_added)} kept clips. After it the dataset has {int(last.videos_done)} videos done "
+        f"and {int(last.clips_total)} kept clips in all; {int(last.videos_failed)} videos failed and "
+        f"{int(last.videos_excluded)} were excluded.",
+        "",
+        "## Growth, run by run",
+        "",
+        *([f"![growth]({plot})", ""] if plot else []),
+        ("" if len(rows) <= N_RUN_ROWS else f"The newest {N_RUN_ROWS} of {len(rows)} runs:\n\n")
+        + _table(shown, ("run", "id", "started", "source", "videos added", "videos done", "clips added",
+                         "clips total")),
+        "",
+    ]
+
+
+def render_statuses(videos: pd.DataFrame | None) -> list[str]:
+    """Markdown lines: videos per status, then the top failure and exclusion reasons."""
+    if videos is None:
+        return []
+    from emotionclip.core.schemas import VIDEO_STATUSES
+
+    status = videos["status"].fillna("").astype(str)
+    per_status = status.value_counts().to_dict()
+    extra = sorted(s for s in per_status if s not in VIDEO_STATUSES)  # an unknown status is shown, not hidden
+    status_rows = [(s, int(per_status.get(s, 0))) for s in (*VIDEO_STATUSES, *extra)]
+    parts = ["## Videos by status", "", _table(status_rows, ("status", "videos")), ""]
+    failed = videos[status == "failed"]
+    if len(failed):
+        kind = np.where(failed["transient"].fillna(False).astype(bool), "transient", "permanent")
+        by = pd.Series(list(zip(failed["failed_stage"].fillna("").astype(str), kind, failed["error"].map(_reason))))
+        rows = [(stage, k, msg, n) for (stage, k, msg), n in _top(by.value_counts())]
+        n_kinds = by.nunique()
+        parts += [f"Why videos failed ({len(failed)} videos"
+                  + (f"; the {N_REASONS} most frequent of {n_kinds} reasons" if n_kinds > N_REASONS else "") + "):",
+                  "", _table(rows, ("stage", "kind", "error", "videos")), ""]
+    excluded = videos[status == "excluded"]
+    if len(excluded):
+        by = excluded["excluded_reason"].map(_reason)
+        n_kinds = by.nunique()
+        parts += [f"Why videos were excluded ({len(excluded)} videos"
+                  + (f"; the {N_REASONS} most frequent of {n_kinds} reasons" if n_kinds > N_REASONS else "") + "):",
+                  "", _table(_top(by.value_counts()), ("reason", "videos")), ""]
+    return parts
+
+
 # -- markdown ------------------------------------------------------------------
 
 def _table(rows: Iterable[tuple[Any, ...]], header: tuple[str, ...]) -> str:
@@ -217,8 +356,11 @@ def _table(rows: Iterable[tuple[Any, ...]], header: tuple[str, ...]) -> str:
 def render_markdown(
     catalog: Any, counts: dict[str, Any], kept: pd.DataFrame, rejected: pd.DataFrame,
     failures: list[dict[str, Any]], code_version: str, plots: dict[str, str],
+    runs: pd.DataFrame | None = None, videos: pd.DataFrame | None = None,
 ) -> str:
-    """README text. `plots` maps plot name -> link target (relative path)."""
+    """README text. `plots` maps plot name -> link target (relative path); `runs` and
+    `videos` (the RUNS and VIDEOS tables, when the data root has them) add the
+    dataset's growth and its videos per status."""
     import yaml
 
     fp = catalog.stages.filter
@@ -249,6 +391,8 @@ def render_markdown(
         f"Kept {len(kept)} of {n_all} clips"
         + (f"; kept clips last {dur.mean():.2f} s on average, {int(kept['frame_end'].sub(kept['frame_start']).add(1).sum())} frames in all." if len(kept) else "."),
         "",
+        *render_runs(runs, plots.get("growth")),
+        *render_statuses(videos),
         "## Rejected clips by reason",
         "",
         "Each rejected clip is counted once, under the first reason that applies in this order.",
@@ -272,6 +416,8 @@ def render_markdown(
         "examples": "Example clips (middle frame, person boxes, sentence)",
     }
     for name, target in plots.items():
+        if name == "growth":  # shown in its own section
+            continue
         parts += [f"### {titles.get(name, name)}", "", f"![{name}]({target})", ""]
     parts += [
         "## Catalog values used",
@@ -304,8 +450,12 @@ def write_dataset_card(
     rejected: pd.DataFrame,
     failures: list[dict[str, Any]] | pd.DataFrame,
     code_version: str | None = None,
+    runs: pd.DataFrame | None = None,
+    videos: pd.DataFrame | None = None,
 ) -> DatasetCard:
     """Write README.md and the plots into `out_dir` (replaced as a whole).
+    `runs` and `videos` (schemas.RUNS and schemas.VIDEOS rows) add the growth
+    section with its plot and the videos per status.
     Returns a DatasetCard: `.path` (README.md), `.markdown`, `.plots`."""
     from emotionclip.core.io import is_local
 
@@ -334,8 +484,10 @@ def write_dataset_card(
             "examples": plot_examples(catalog, pick_examples(_with_frame_store(catalog, kept if len(kept) else all_clips)),
                                       work / "plots" / "examples.png"),
         }
+        if runs is not None and len(runs):
+            made["growth"] = plot_growth(runs, work / "plots" / "growth.png")
         markdown = render_markdown(catalog, counts, kept, rejected, failures, code_version,
-                                   {k: f"plots/{p.name}" for k, p in made.items()})
+                                   {k: f"plots/{p.name}" for k, p in made.items()}, runs, videos)
         (work / "README.md").write_text(markdown, encoding="utf-8")
         if local:
             _swap_in(work, final)
@@ -359,10 +511,12 @@ def write_dataset_card(
 def write_card_from_disk(
     catalog: Any, counts: dict[str, Any] | None = None, code_version: str | None = None
 ) -> DatasetCard:
-    """The card from what `build_manifests` wrote (manifests, rejected, failures).
+    """The card from what `build_manifests` wrote (manifests, rejected, failures),
+    and the data root's runs and video registry when they exist.
     `counts` (e.g. the flow's summary) default to those stored in `_manifest.json`."""
     from emotionclip.core.io import exists, read_parquet
     from emotionclip.core.manifest_store import manifest_info, read_manifests
+    from emotionclip.core.schemas import RUNS, VIDEOS
 
     out = catalog.artifact("manifests")
     kept = read_manifests(out)
@@ -372,4 +526,7 @@ def write_card_from_disk(
     rejected_path, failures_path = catalog.artifact("rejected"), catalog.artifact("failures")
     rejected = read_parquet(rejected_path) if exists(rejected_path) else kept.iloc[:0].assign(reason=pd.Series(dtype=object))
     failures = read_parquet(failures_path).to_dict("records") if exists(failures_path) else []
-    return write_dataset_card(catalog, catalog.artifact("dataset_card"), counts, kept, rejected, failures, code_version)
+    runs = _read_dataset_table(catalog, "runs", RUNS)
+    videos = _read_dataset_table(catalog, "video_registry", VIDEOS)
+    return write_dataset_card(catalog, catalog.artifact("dataset_card"), counts, kept, rejected, failures, code_version,
+                              runs, videos)

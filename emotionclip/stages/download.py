@@ -32,11 +32,13 @@ concurrency limits, applied by the task, not here.
 
 from __future__ import annotations
 
+import functools
 import http.client
 import logging
 import os
 import re
 import shutil
+import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,9 +58,10 @@ CAPTION_EXTS = ("json3", "vtt", "srt")  # what the words stage reads
 YOUTUBE_WATCH = "https://www.youtube.com/watch?v={}"
 # Codecs every ffmpeg build decodes fast; ties on size prefer them.
 _CODEC_RANK = {"avc1": 0, "h264": 0, "vp9": 1, "vp09": 1, "vp8": 2, "av01": 3}
-# yt-dlp needs a JavaScript runtime for YouTube (signature challenges): deno is
-# its default; node is accepted too and is often already installed.
-JS_RUNTIMES = {"deno": {}, "node": {}}
+# yt-dlp needs a JavaScript runtime for YouTube (its signature and "n" challenges
+# run as JS). The `deno` package (a dependency) ships one; see `find_js_runtime`.
+JS_RUNTIME_ENV = "EMOTIONCLIP_JS_RUNTIME"
+_YOUTUBE_HOSTS = re.compile(r"^(?:[a-z0-9-]+\.)*(?:youtube\.com|youtu\.be|youtube-nocookie\.com)$")
 # Transient HTTP answers worth another attempt (throttling, server trouble).
 _TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
 
@@ -157,6 +160,89 @@ def youtube_url(video_id: str) -> str:
     return YOUTUBE_WATCH.format(validate_video_id(video_id))
 
 
+# -- the JavaScript runtime yt-dlp needs for YouTube ----------------------------------
+@dataclass(frozen=True)
+class JsRuntime:
+    name: str  # yt-dlp's runtime key: deno, node, bun or quickjs
+    path: str
+
+
+class JsRuntimeMissing(StageError):
+    """A YouTube download with no JavaScript runtime for yt-dlp to run YouTube's challenges."""
+
+
+def _runtime_name(path: str) -> str:
+    base = os.path.basename(path).lower()
+    for key, name in (("node", "node"), ("bun", "bun"), ("qjs", "quickjs"), ("quickjs", "quickjs")):
+        if base.startswith(key):
+            return name
+    return "deno"
+
+
+@functools.lru_cache(maxsize=8)
+def _runs(path: str) -> bool:
+    """`path --version` exits 0 (cached: the binary does not change within a process)."""
+    try:
+        return subprocess.run([path, "--version"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def _packaged_deno() -> str | None:
+    try:
+        import deno
+    except ImportError:
+        return None
+    try:
+        return deno.find_deno_bin()
+    except (FileNotFoundError, OSError):
+        return None
+
+
+def find_js_runtime() -> JsRuntime | None:
+    """The JavaScript runtime yt-dlp gets, or None. `EMOTIONCLIP_JS_RUNTIME` decides
+    when set: `none` (no runtime) or a binary (a path or a name on PATH; the runtime
+    kind is read from its name). Otherwise the `deno` package's binary, then deno or
+    node on PATH. A runtime counts only when `<binary> --version` runs."""
+    override = os.environ.get(JS_RUNTIME_ENV, "").strip()
+    if override:
+        if override.lower() == "none":
+            return None
+        path = shutil.which(override)
+        return JsRuntime(_runtime_name(path), path) if path and _runs(path) else None
+    for name, path in (("deno", _packaged_deno()), ("deno", shutil.which("deno")), ("node", shutil.which("node"))):
+        if path and _runs(path):
+            return JsRuntime(name, path)
+    return None
+
+
+def js_runtime_options() -> dict[str, dict[str, str]]:
+    """yt-dlp's `js_runtimes` option: the found runtime with its path ({} when none;
+    yt-dlp would otherwise look for deno on PATH only, missing the package's binary)."""
+    rt = find_js_runtime()
+    return {rt.name: {"path": rt.path}} if rt is not None else {}
+
+
+def require_js_runtime(video_id: str | None = None) -> JsRuntime:
+    """The runtime for a YouTube download, or JsRuntimeMissing (raised before any request)."""
+    rt = find_js_runtime()
+    if rt is not None:
+        return rt
+    override = os.environ.get(JS_RUNTIME_ENV, "").strip()
+    why = (f"{JS_RUNTIME_ENV}={override!r} turns it off" if override.lower() == "none"
+           else f"{JS_RUNTIME_ENV}={override!r} is not a runnable binary" if override
+           else "none was found (the deno package's binary, deno or node on PATH)")
+    raise JsRuntimeMissing(STAGE, video_id, f"YouTube downloads need a JavaScript runtime for yt-dlp and {why}; "
+                                            f"install it with `pip install deno` or set {JS_RUNTIME_ENV} "
+                                            "to a deno or node binary")
+
+
+def is_youtube_url(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    return bool(_YOUTUBE_HOSTS.match((urlsplit(url).hostname or "").lower()))
+
+
 def backoff_s(attempt: int, params: DownloadParams) -> float:
     """Exponential backoff: sleep_interval_s * 2**attempt, capped at max_sleep_interval_s."""
     return float(min(params.max_sleep_interval_s, params.sleep_interval_s * (2 ** attempt)))
@@ -221,7 +307,7 @@ def ydl_options(
         "socket_timeout": 30,
         "download_archive": archive,  # a set: yt-dlp reads it, we persist it (module doc)
         "ffmpeg_location": ffmpeg_exe(),
-        "js_runtimes": dict(JS_RUNTIMES),
+        "js_runtimes": js_runtime_options(),
         "cachedir": cachedir if cachedir is not None else False,
         "overwrites": True,
         "continuedl": False,
@@ -443,6 +529,8 @@ def run_download(
 
     if video_id is not None and not force and _finished(catalog, video_id):
         return _skipped(video_id, source, "already downloaded")
+    if source == "youtube" or is_youtube_url(target):
+        require_js_runtime(video_id)  # one clear error now, not a failed challenge per video
 
     archive = set() if force else load_archive(catalog)
     cachedir = str(Path(catalog.root) / ".cache" / "yt-dlp")
@@ -469,6 +557,7 @@ def run_download(
                 return _skipped(vid, source, "in download archive")
         if str(info.get("extractor_key", "")).lower() == "youtube":
             source = "youtube"
+            require_js_runtime(vid)  # a URL that led to YouTube: the media needs the runtime
         if vid is not None and not force and video_id is None and _finished(catalog, vid):
             return _skipped(vid, source, "already downloaded")
         caption = choose_captions(info.get("subtitles"), info.get("automatic_captions"),

@@ -24,6 +24,14 @@ That keeps the cap meaningful (the download stage would otherwise drop
 videos after the cap was applied) at the price of one request per kept
 candidate; the download stage checks again and fails cleanly if a track has
 disappeared in between.
+
+Exclusions (paper appendix A.1: videos of the downstream datasets removed by
+YouTube id and title) come from `load_exclusions(catalog)`: the catalog's
+`exclude_ids` / `exclude_titles` / `exclude_title_patterns` and the data root's
+exclusion file. Known videos (`known`: ids the dataset already has or has given
+up on, from the video registry) are dropped before any per-video request, and
+neither `max_videos` nor a query's `results_per_query` counts them: a query whose
+first page is all known goes on to its next page.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ import json
 import logging
 import re
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol
 from urllib.parse import quote_plus
 
 import pandas as pd
@@ -41,6 +49,7 @@ import pyarrow as pa
 
 from emotionclip.core.catalog import Catalog, SearchParams
 from emotionclip.core.errors import StageError
+from emotionclip.core.exclusions import Exclusions, ExclusionsError, load_exclusions
 from emotionclip.core.ids import InvalidVideoId, validate_video_id
 from emotionclip.core.io import atomic_write_parquet
 
@@ -335,11 +344,20 @@ class YtDlpBackend:
             return ydl.extract_info(url, download=False) or {}
 
     def videos(self, query: str, limit: int) -> Iterator[Candidate]:
-        info = self._flat(f"ytsearch{int(limit)}:{query}")
-        for entry in info.get("entries") or []:
-            cand = candidate_from_ytdlp(entry, query)
-            if cand is not None:
-                yield cand
+        import yt_dlp
+
+        # process=False: the search extractor's entries stay a lazy iterator, so a
+        # consumer that stops (a full cap, enough new videos) stops the paging too;
+        # processed, `ytsearchN:` would fetch all N results first. The entries are
+        # the same url results the flat mode gives.
+        opts = {"quiet": True, "no_warnings": True, "skip_download": True, "noprogress": True,
+                **self.extra_opts}
+        with yt_dlp.YoutubeDL(opts) as ydl:  # open while the entries are read
+            info = ydl.extract_info(f"ytsearch{int(limit)}:{query}", download=False, process=False) or {}
+            for entry in info.get("entries") or []:
+                cand = candidate_from_ytdlp(entry, query)
+                if cand is not None:
+                    yield cand
 
     def playlists(self, query: str, limit: int) -> Iterator[PlaylistHit]:
         # sp=EgIQAw%3D%3D is YouTube's "playlists only" search filter.
@@ -378,10 +396,10 @@ def probe_candidate(cand: Candidate, *, langs: list[str] | None = None, formats:
     """One yt-dlp metadata request (no media): {"has_english_captions", "duration_s", "title", "channel"}."""
     import yt_dlp
 
-    from emotionclip.stages.download import JS_RUNTIMES
+    from emotionclip.stages.download import js_runtime_options
 
     opts = {"quiet": True, "no_warnings": True, "skip_download": True, "noprogress": True,
-            "noplaylist": True, "js_runtimes": dict(JS_RUNTIMES), **(extra_opts or {})}
+            "noplaylist": True, "js_runtimes": js_runtime_options(), **(extra_opts or {})}
     with yt_dlp.YoutubeDL(opts) as ydl:
         info = ydl.extract_info(cand.url, download=False, process=False) or {}
     return {
@@ -394,15 +412,12 @@ def probe_candidate(cand: Candidate, *, langs: list[str] | None = None, formats:
 
 
 # -- filters ------------------------------------------------------------------------------
-def _norm_title(title: str | None) -> str:
-    return " ".join((title or "").casefold().split())
-
-
 @dataclass
 class FilterStats:
     seen: int = 0
     accepted: int = 0
     invalid_id: int = 0
+    known: int = 0  # already in the dataset (or given up on): no request spent on it
     excluded_id: int = 0
     excluded_title: int = 0
     duplicate: int = 0
@@ -415,11 +430,13 @@ class CandidateFilter:
     """The paper's filters, applied in arrival order (cheap ones first, the
     per-video metadata check last and only when needed)."""
 
-    def __init__(self, params: SearchParams, prober: Prober | None = None):
+    def __init__(self, params: SearchParams, prober: Prober | None = None, *,
+                 exclusions: Exclusions | None = None, known: Iterable[str] = frozenset()):
         self.params = params
         self.prober = prober
-        self.exclude_ids = set(params.exclude_ids)
-        self.exclude_titles = {_norm_title(t) for t in params.exclude_titles}
+        # Without a catalog (a bare SearchParams) only the catalog's own rules apply.
+        self.exclusions = exclusions if exclusions is not None else Exclusions.from_params(params)
+        self.known = frozenset(known)
         self.seen_ids: set[str] = set()
         self.accepted: list[Candidate] = []
         self.stats = FilterStats()
@@ -447,11 +464,16 @@ class CandidateFilter:
             s.duplicate += 1
             return False
         self.seen_ids.add(c.id)
-        if c.id in self.exclude_ids:
-            s.excluded_id += 1
+        if c.id in self.known:
+            s.known += 1
             return False
-        if self.exclude_titles and _norm_title(c.title) in self.exclude_titles:
-            s.excluded_title += 1
+        reason = self.exclusions.reason(c.id, c.title)
+        if reason is not None:
+            log.debug("search: %s left out: %s", c.id, reason)
+            if c.id in self.exclusions:
+                s.excluded_id += 1
+            else:
+                s.excluded_title += 1
             return False
         if c.duration_s is not None and c.duration_s < p.min_duration_s:
             s.too_short += 1
@@ -472,7 +494,7 @@ class CandidateFilter:
                 c.duration_s = found.get("duration_s")
             c.title = c.title or found.get("title")
             c.channel = c.channel or found.get("channel")
-            if c.title and self.exclude_titles and _norm_title(c.title) in self.exclude_titles:
+            if self.exclusions.title_reason(c.title) is not None:  # a title only the check revealed
                 s.excluded_title += 1
                 return False
         # Unknown after the check (or no checker): cannot show it meets the filter.
@@ -488,13 +510,38 @@ class CandidateFilter:
 
 
 # -- the stage ------------------------------------------------------------------------------
-def iter_candidates(backend: SearchBackend, params: SearchParams) -> Iterator[Candidate]:
+def _first_new(results: Iterable[Candidate], known: frozenset[str], limit: int) -> Iterator[Candidate]:
+    """`results` up to and including the `limit`-th candidate that is not known."""
+    new = 0
+    try:
+        for cand in results:
+            yield cand
+            if cand.id not in known:
+                new += 1
+                if new >= limit:
+                    return
+    finally:
+        close = getattr(results, "close", None)
+        if close is not None:  # end the backend's paging (and its yt-dlp session) now
+            close()
+
+
+def iter_candidates(backend: SearchBackend, params: SearchParams,
+                    known: Iterable[str] = frozenset()) -> Iterator[Candidate]:
     """Raw candidates in order: each query's videos, or (playlist mode) each
-    query's playlists walked one by one. Lazy, so a full cap stops requests."""
+    query's playlists walked one by one. Lazy, so a full cap stops requests.
+    `results_per_query` counts videos not in `known`: the backend is asked for up
+    to that many more (at most every known id can turn up) and is read lazily,
+    so it fetches further pages only while known videos fill the ones it has."""
+    known = frozenset(known)
     for query in params.queries:
         try:
             if params.mode == "videos":
-                yield from backend.videos(query, params.results_per_query)
+                limit = params.results_per_query
+                if known:
+                    yield from _first_new(backend.videos(query, limit + len(known)), known, limit)
+                else:
+                    yield from backend.videos(query, limit)
             else:
                 for playlist in list(backend.playlists(query, params.results_per_query)):
                     yield from backend.playlist_videos(playlist, query)
@@ -506,11 +553,15 @@ def iter_candidates(backend: SearchBackend, params: SearchParams) -> Iterator[Ca
             raise SearchError(f"{backend.name} search for {query!r} failed: {type(e).__name__}: {e}") from e
 
 
-def search_candidates(params: SearchParams, backend: SearchBackend, prober: Prober | None = None
+def search_candidates(params: SearchParams, backend: SearchBackend, prober: Prober | None = None, *,
+                      exclusions: Exclusions | None = None, known: Iterable[str] = frozenset()
                       ) -> tuple[list[Candidate], FilterStats]:
-    """Run the queries through `backend` and the filters; stop at max_videos."""
-    filt = CandidateFilter(params, prober)
-    for cand in iter_candidates(backend, params):
+    """Run the queries through `backend` and the filters; stop at max_videos new
+    videos. `exclusions`: default, the catalog rules in `params` alone; `known`: ids
+    dropped before any per-video request and not counted by any limit."""
+    known = frozenset(known)
+    filt = CandidateFilter(params, prober, exclusions=exclusions, known=known)
+    for cand in iter_candidates(backend, params, known):
         filt.offer(cand)
         if filt.full:
             break
@@ -541,18 +592,26 @@ def run_search(
     backend: SearchBackend | None = None,
     prober: Prober | None = None,
     throttle: Callable[[], None] | None = None,
+    known: Iterable[str] = frozenset(),
 ) -> pd.DataFrame:
     """Search with the catalog's queries, backend, mode and filters; write the
     candidates Parquet atomically to `catalog.artifact("candidates")` and return
     it. Columns: id, title, channel, duration_s, url, has_english_captions
     (null: unknown), query, backend, playlist_id. Raises SearchError (a
     StageError of stage "search") when a query cannot be run. `throttle` is called
-    before every request that may reach YouTube (a rate limit from the orchestrator)."""
+    before every request that may reach YouTube (a rate limit from the orchestrator).
+    `known`: video ids to leave out without a request (the flow passes the video
+    registry's `skip_ids`); `max_videos` and `results_per_query` count new videos only.
+    Exclusions: `load_exclusions(catalog)` (catalog rules + the data root's file)."""
     params = catalog.stages.search
+    try:
+        exclusions = load_exclusions(catalog)
+    except ExclusionsError as e:  # a bad exclusion file must not be ignored
+        raise SearchError(str(e)) from None
     backend = backend or make_backend(params.backend)
     if prober is None:  # only called for candidates whose captions/duration are unknown
         prober = default_prober(catalog, throttle)
-    accepted, stats = search_candidates(params, backend, prober)
+    accepted, stats = search_candidates(params, backend, prober, exclusions=exclusions, known=known)
     table = candidates_table(accepted)
     atomic_write_parquet(catalog.artifact("candidates"), table, metadata={
         "fingerprint": catalog.stage_fingerprint(STAGE),

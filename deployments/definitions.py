@@ -3,6 +3,7 @@
     build-tv-dataset/youtube-paper   YouTube search, paper models, weekly schedule
     build-tv-dataset/sample-tiny     bundled sample corpus, tiny models, offline
     pretrain/tiny                    pre-training on the sample manifests (tiny model)
+    ablation/tiny                    two variants (base, beta 1) pre-trained and probed, tiny, offline
     linear-probe/paper               the five benchmarks (folders filled in per run), a checkpoint
     linear-probe/sample              miniature synthetic benchmarks (generated if missing), tiny
                                      profile, pretrain/tiny's newest checkpoint if any, offline
@@ -108,21 +109,30 @@ DEPLOYMENTS: list[DeploymentSpec] = [
         env=OFFLINE_ENV,
         tags=["sample"],
     ),
+    DeploymentSpec(
+        "flows/pretrain.py:pretrain", "tiny",
+        "Pre-train the tiny model on the sample manifests (smoke test of the training path): "
+        "run build-tv-dataset/sample-tiny first.",
+        parameters={"profile": "tiny", "out_dir": str(REPO_ROOT / "runs" / "pretrain-tiny"),
+                    "overrides": {"batch_size": 4, "num_workers": 0, "epochs": 1}},
+        env=OFFLINE_ENV, tags=["sample"]),
+    DeploymentSpec(
+        "flows/ablation.py:ablation", "tiny",
+        "Ablation smoke test on the sample manifests (run build-tv-dataset/sample-tiny first): the base "
+        "config and beta = 1 (paper Fig. 6), a few steps each with the tiny model, then the linear probe "
+        "on a miniature BoLD written under <data_root>/eval-samples/ when missing; comparison table and "
+        "plots in runs/ablation-tiny/. A finished variant is not trained again. Add variants in a custom "
+        "run, e.g. {\"ablation\": \"saam\"} or {\"max_neutral\": 0.3} (re-filters the sample's clips; "
+        "catalog_overrides must stay those of sample-tiny).",
+        parameters={"variants": [{}, {"beta": 1.0}], "profile": "tiny", "max_steps": 3,
+                    "overrides": {"batch_size": 4, "num_workers": 0, "epochs": 1},
+                    # the sample-tiny build's catalog overrides: the re-filter of a max_neutral
+                    # variant finds the clips up to date only under them
+                    "catalog_overrides": SAMPLE_OVERRIDES,
+                    "probe": {"det_imgsz": 64},  # the miniature benchmark's videos are 64x48
+                    "out_dir": str(REPO_ROOT / "runs" / "ablation-tiny")},
+        env=OFFLINE_ENV, tags=["sample"]),
 ]
-
-
-def _extra_deployments() -> list[DeploymentSpec]:
-    """Deployments of the other flows, when their modules are present."""
-    out = []
-    if (REPO_ROOT / "flows" / "pretrain.py").exists():
-        out.append(DeploymentSpec(
-            "flows/pretrain.py:pretrain", "tiny",
-            "Pre-train the tiny model on the sample manifests (smoke test of the training path): "
-            "run build-tv-dataset/sample-tiny first.",
-            parameters={"profile": "tiny", "out_dir": str(REPO_ROOT / "runs" / "pretrain-tiny"),
-                        "overrides": {"batch_size": 4, "num_workers": 0, "epochs": 1}},
-            env=OFFLINE_ENV, tags=["sample"]))
-    return out
 
 
 async def ensure_limits(client) -> None:
@@ -201,7 +211,7 @@ def register_deployments(extra_parameters: dict[str, Any] | None = None, heartbe
 
     asyncio.run(_limits())
     names = []
-    for spec in DEPLOYMENTS + _extra_deployments():
+    for spec in DEPLOYMENTS:
         flow = Flow.from_source(source=str(REPO_ROOT), entrypoint=spec.flow_entrypoint)
         params = {**spec.parameters, **(extra_parameters or {})}
         if spec.flow_entrypoint != BUILD:

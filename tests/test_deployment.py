@@ -41,8 +41,16 @@ def server(tmp_path_factory):
     names = local.register(home, port, extra_parameters={"data_root": str(data / "main")}, heartbeat_s=30)
     local.start_worker(home, port)
     env = local.server_env(home, port)
+    # The reference run uses the deployment's own sample corpus (8 videos); the runs that
+    # only check orchestration (custom parameters, concurrency, a killed worker) use a
+    # 3-video corpus through the same deployment, which keeps the module's time down.
+    from emotionclip.sample import make_sample_corpus
+
+    corpus = data / "small-corpus"
+    make_sample_corpus(corpus, n_videos=3, duration_s=24.0)
+    small = {"source": "folder", "folder": str(corpus)}
     try:
-        yield {"home": home, "port": port, "env": env, "data": data, "names": names}
+        yield {"home": home, "port": port, "env": env, "data": data, "names": names, "small": small}
     finally:
         local.stop(home)
 
@@ -100,6 +108,14 @@ def reference(server) -> pd.DataFrame:
     return _manifest(server["data"] / "main")
 
 
+@pytest.fixture(scope="module")
+def small_reference(server) -> pd.DataFrame:
+    """An uninterrupted run of the sample deployment on the 3-video corpus."""
+    root = server["data"] / "small-reference"
+    _run_deployment(server, params={**server["small"], "data_root": str(root)})
+    return _manifest(root)
+
+
 def test_sample_deployment_runs_and_second_run_is_cached(server, reference):
     assert "build-tv-dataset/sample-tiny" in server["names"]
     root = server["data"] / "main"
@@ -128,7 +144,7 @@ def test_sample_deployment_runs_and_second_run_is_cached(server, reference):
     pd.testing.assert_frame_equal(first, _manifest(root))
 
 
-def test_schedules_pause_resume_and_run_with_parameters(server, reference):
+def test_schedules_pause_resume_and_run_with_parameters(server):
     """What the UI does, through the same REST API."""
 
     async def fn(client):
@@ -154,14 +170,17 @@ def test_schedules_pause_resume_and_run_with_parameters(server, reference):
     async def create(client):
         dep = await client.read_deployment_by_name("build-tv-dataset/sample-tiny")
         fr = await client.create_flow_run_from_deployment(
-            dep.id, parameters={"data_root": str(other), "overrides": {"stages.filter.max_neutral": 1.0}})
+            dep.id, parameters={**server["small"], "data_root": str(other),
+                                "overrides": {"stages.filter.max_neutral": 1.0}})
         return fr.id
 
     run_id = _client_call(server, create)
     state = _wait_final(server, [run_id])[run_id]
     assert state.is_completed(), state
-    # max_neutral 1.0 keeps every clip that passes the other filters
-    assert len(_manifest(other)) >= len(reference)
+    # max_neutral 1.0 (the run's override) rejects no clip for its neutral score
+    assert len(_manifest(other)) > 0
+    rejected = pd.read_parquet(other / "manifests" / "rejected.parquet")
+    assert len(rejected) > 0 and "neutral" not in set(rejected["reason"]), rejected["reason"].value_counts()
 
 
 def _wait_final(server, run_ids, timeout=800):
@@ -175,17 +194,17 @@ def _wait_final(server, run_ids, timeout=800):
     return states
 
 
-def test_two_concurrent_runs_do_not_corrupt_outputs(server, reference):
+def test_two_concurrent_runs_do_not_corrupt_outputs(server, small_reference):
     root = server["data"] / "concurrent"
 
     async def create(client):
         dep = await client.read_deployment_by_name("build-tv-dataset/sample-tiny")
-        return [(await client.create_flow_run_from_deployment(dep.id, parameters={"data_root": str(root)})).id
-                for _ in range(2)]
+        params = {**server["small"], "data_root": str(root)}
+        return [(await client.create_flow_run_from_deployment(dep.id, parameters=params)).id for _ in range(2)]
 
     states = _wait_final(server, _client_call(server, create))
     assert all(st.is_completed() for st in states.values()), states
-    pd.testing.assert_frame_equal(reference, _manifest(root))
+    pd.testing.assert_frame_equal(small_reference, _manifest(root))
     assert len(pd.read_parquet(root / "manifests" / "failures.parquet")) == 0
 
 
@@ -203,10 +222,11 @@ def _kill_tree(pid: int) -> None:
     psutil.wait_procs(procs, timeout=30)  # gone (or zombies) before anyone checks the pid
 
 
-def test_kill_worker_mid_run_then_resume(server, reference):
+def test_kill_worker_mid_run_then_resume(server, small_reference):
     root = server["data"] / "killed"
+    params = {**server["small"], "data_root": str(root)}
     out = _prefect(server, "deployment", "run", "build-tv-dataset/sample-tiny",
-                   "--param", f"data_root={json.dumps(str(root))}")
+                   *[a for k, v in params.items() for a in ("--param", f"{k}={json.dumps(v)}")])
     assert out.returncode == 0, out.stderr
     # Wait until the run is mid-way: some video has finished its sentences stage.
     deadline = time.monotonic() + 600
@@ -221,8 +241,8 @@ def test_kill_worker_mid_run_then_resume(server, reference):
     killed_at = time.monotonic()
 
     local.start_worker(server["home"], server["port"])
-    _run_deployment(server, params={"data_root": str(root)})
-    pd.testing.assert_frame_equal(reference, _manifest(root))
+    _run_deployment(server, params=params)
+    pd.testing.assert_frame_equal(small_reference, _manifest(root))
 
     # The killed run's heartbeats stopped: the crash-detection automation marks it
     # Crashed (it would otherwise show Running forever).
@@ -260,11 +280,11 @@ def test_linear_probe_sample_deployment_generates_and_probes(server, tmp_path):
     """linear-probe/sample end to end on the server: the miniature benchmarks are written
     into the data root, then probed with the tiny model (the run folder given has no
     pretrain/tiny checkpoint: the random tiny model)."""
-    from deployments.definitions import DEPLOYMENTS, PROBE, _extra_deployments
+    from deployments.definitions import DEPLOYMENTS, PROBE
     from emotionclip.evaluation.sample import DATASETS, is_sample
 
     assert {"linear-probe/paper", "linear-probe/sample"} <= set(server["names"])
-    specs = {(s.flow_entrypoint, s.name): s for s in DEPLOYMENTS + _extra_deployments()}
+    specs = {(s.flow_entrypoint, s.name): s for s in DEPLOYMENTS}
     # "the newest pretrain/tiny checkpoint": the folder pretrain/tiny writes to
     assert (specs[(PROBE, "sample")].parameters["checkpoint_from_run"]
             == specs[("flows/pretrain.py:pretrain", "tiny")].parameters["out_dir"])

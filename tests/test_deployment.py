@@ -302,3 +302,18 @@ def test_linear_probe_sample_deployment_generates_and_probes(server, tmp_path):
     df = pd.read_parquet(out / "results.parquet")
     assert set(df.dataset) == set(DATASETS)
     assert set(df.model) == {"profile:tiny:emotionclip-tiny-vit"} and df["value"].notna().all()
+
+
+def test_ablation_tiny_deployment_trains_and_compares_two_variants(server, reference, tmp_path):
+    """ablation/tiny end to end on the server, on the sample-tiny manifests the reference
+    run built: two variants (the base and beta = 1), each pre-trained and probed, then the
+    comparison table; the dataset's manifests are left as they were."""
+    assert "ablation/tiny" in server["names"]
+    pointer = server["data"] / "main" / "manifests" / "_manifest.json"
+    before = pointer.read_bytes()
+    out = tmp_path / "ablation"
+    _run_deployment(server, "ablation/tiny", params={"out_dir": str(out)})
+    table = pd.read_parquet(out / "ablation.parquet")
+    assert len(set(table["variant"])) == 2 and (table["status"] == "done").all(), table
+    assert (out / "ablation.md").exists()
+    assert pointer.read_bytes() == before

@@ -19,6 +19,7 @@ from emotionclip.core.io import atomic_write_parquet
 from emotionclip.core.schemas import CLIP, EMOTIONS, RUNS, VIDEOS
 from emotionclip.stages.card import N_REASONS, N_RUN_ROWS, write_card_from_disk, write_dataset_card
 from emotionclip.stages.manifests import build_manifests
+from training_data import write_frame_store
 
 BLUE, GREEN = np.array([0x4C, 0x72, 0xB0]), np.array([0x55, 0xA8, 0x68])  # videos done, kept clips
 
@@ -69,21 +70,6 @@ def clip(video_id: str, i: int, neutral: float) -> dict:
         row[f"logit_{e}"] = float(k)
         row[f"prob_{e}"] = neutral if e == "neutral" else (1 - neutral) / 6
     return row
-
-
-def write_frame_store(path: str, n_frames: int) -> None:
-    """A real frame store of tiny black frames (build_manifests checks clip ranges against it)."""
-    import io
-
-    from emotionclip.core.frame_store import FrameStoreWriter
-    from emotionclip.core.io import atomic_path
-
-    buf = io.BytesIO()
-    Image.new("RGB", (8, 8)).save(buf, "JPEG")
-    with atomic_path(path) as tmp:
-        with FrameStoreWriter(tmp) as w:
-            for _ in range(n_frames):
-                w.add(buf.getvalue())
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ list and rollback, and sentiment scores and frame ranges validated on write and 
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 from pathlib import Path
@@ -14,11 +13,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 from typer.testing import CliRunner
 
 from emotionclip.core.catalog import CatalogError, ManifestParams, load_catalog
-from emotionclip.core.frame_store import FrameStoreWriter
 from emotionclip.core.io import atomic_write_parquet, read_parquet
 from emotionclip.core.manifest_store import (
     GENERATION_FILE, MANIFEST_FILE, ManifestShrinkError, list_generations, manifest_info, read_manifests, rollback,
@@ -27,6 +24,7 @@ from emotionclip.core.manifest_store import (
 from emotionclip.core.schemas import CLIP, EMOTIONS, SchemaError, score_problems
 from emotionclip.stages.manifests import build_manifests
 from emotionclip.stages.registry import done_video_ids, list_video_ids, run_video
+from training_data import write_frame_store
 
 # What the good manifests were built with: the tiny random emotion model scores every
 # sentence about 1/7 neutral and the sample sentences are short, so the paper's filter
@@ -56,15 +54,6 @@ def clips_df(rows: list[dict]) -> pd.DataFrame:
 
 def some_clips(n: int, video_id: str = "a") -> pd.DataFrame:
     return clips_df([clip(video_id, i) for i in range(n)])
-
-
-def write_frame_store(path: str, n_frames: int) -> None:
-    buf = io.BytesIO()
-    Image.new("RGB", (8, 8)).save(buf, "JPEG")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with FrameStoreWriter(path) as w:
-        for _ in range(n_frames):
-            w.add(buf.getvalue())
 
 
 def generations_on_disk(out: Path) -> list[str]:

@@ -18,6 +18,7 @@ from emotionclip.core.manifest_store import (
 )
 from emotionclip.stages.manifests import build_manifests
 from emotionclip.core.schemas import CLIP, EMOTIONS, FAILURES, MANIFEST, REJECTED, SchemaError
+from training_data import write_frame_store
 
 
 def clip(video_id: str, i: int, *, neutral: float = 0.01, start: float = 1.0, end: float = 5.0, text: str = "Oh no!") -> dict:
@@ -138,22 +139,6 @@ def test_rejected_and_failures(tmp_path):
     assert rows[1]["time"] == "2024-01-01T00:00:00+00:00"
     write_failures([], tmp_path / "none.parquet")
     assert pq.read_table(tmp_path / "none.parquet").num_rows == 0
-
-
-def write_frame_store(path: str, n_frames: int) -> None:
-    """A real frame store of `n_frames` tiny black frames (build_manifests checks clip ranges against it)."""
-    import io
-
-    from PIL import Image
-
-    from emotionclip.core.frame_store import FrameStoreWriter
-
-    buf = io.BytesIO()
-    Image.new("RGB", (8, 8)).save(buf, "JPEG")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with FrameStoreWriter(path) as w:
-        for _ in range(n_frames):
-            w.add(buf.getvalue())
 
 
 def test_build_manifests_end_to_end(tmp_path):

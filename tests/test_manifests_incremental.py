@@ -5,7 +5,6 @@ never trusts a corrupt cache."""
 
 from __future__ import annotations
 
-import io
 import json
 import threading
 from pathlib import Path
@@ -14,15 +13,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 
 import emotionclip.stages.manifests as manifests
 from emotionclip.core.catalog import load_catalog
-from emotionclip.core.frame_store import FrameStoreWriter
-from emotionclip.core.io import atomic_path, atomic_write_parquet, read_parquet
+from emotionclip.core.io import atomic_write_parquet, read_parquet
 from emotionclip.core.manifest_store import manifest_info, read_manifests
 from emotionclip.core.schemas import CLIP, EMOTIONS
 from emotionclip.stages.manifests import build_manifests
+from training_data import write_frame_store
 
 VIDEOS = ["v1", "v2", "v3", "v4"]
 
@@ -46,18 +44,9 @@ def write_clips(cat, video_id: str, n: int = 3, **kw) -> None:
     atomic_write_parquet(cat.artifact("clips", video_id), pa.Table.from_pylist(rows, schema=CLIP))
 
 
-def write_frame_store(cat, video_id: str, n_frames: int = 400) -> None:
-    buf = io.BytesIO()
-    Image.new("RGB", (8, 8)).save(buf, "JPEG")
-    with atomic_path(cat.artifact("frames", video_id)) as tmp:
-        with FrameStoreWriter(tmp) as w:
-            for _ in range(n_frames):
-                w.add(buf.getvalue())
-
-
 def add_video(cat, video_id: str, n: int = 3) -> None:
     write_clips(cat, video_id, n)
-    write_frame_store(cat, video_id)
+    write_frame_store(cat.artifact("frames", video_id), 400)
 
 
 @pytest.fixture
@@ -131,7 +120,7 @@ def test_rewritten_clips_of_one_video_are_picked_up(cat, reads):
 def test_a_changed_frame_store_is_recounted_without_reading_clips(cat, reads):
     build_manifests(cat, VIDEOS)
     reads.clear()
-    write_frame_store(cat, "v1", n_frames=30)  # clip 0 (frames 8..40) now runs past the end
+    write_frame_store(cat.artifact("frames", "v1"), 30)  # clip 0 (frames 8..40) now runs past the end
     counts = build_manifests(cat, VIDEOS)
     assert reads == [] and counts["rejected_frames_out_of_range"] == 3  # every v1 clip (before v1:2's neutral)
     rejected = read_parquet(cat.artifact("rejected"))
@@ -193,7 +182,7 @@ def test_unreadable_videos_stay_failures_and_are_read_once_fixed(cat, reads):
     assert counts["videos_with_clips"] == 2 and [v["video_id"] for v in cache_index(cat)] == ["v1", "v3"]
     reads.clear()
     write_clips(cat, "v2")
-    write_frame_store(cat, "v4")
+    write_frame_store(cat.artifact("frames", "v4"), 400)
     counts = build_manifests(cat, VIDEOS)
     assert sorted(reads) == ["v2", "v4"] and counts["failures"] == 0 and counts["videos_with_clips"] == 4
 

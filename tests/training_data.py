@@ -77,3 +77,22 @@ def make_corpus(root: Path, n_videos: int = 2, clips_per_video: int = 4, duratio
 def write_manifest(df: pd.DataFrame, path: Path) -> Path:
     atomic_write_parquet(path, schemas.to_table(df, schemas.MANIFEST), schema=schemas.MANIFEST)
     return path
+
+
+def write_frame_store(path: str | Path, n_frames: int) -> None:
+    """A real frame store of `n_frames` tiny black frames, written atomically (the
+    manifests stage checks clip frame ranges against its length)."""
+    import io
+
+    from PIL import Image
+
+    from emotionclip.core.frame_store import FrameStoreWriter
+    from emotionclip.core.io import atomic_path
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, "JPEG")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(str(path)) as tmp:
+        with FrameStoreWriter(tmp) as w:
+            for _ in range(n_frames):
+                w.add(buf.getvalue())

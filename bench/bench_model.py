@@ -11,11 +11,19 @@ on a shared machine disturb far less than wall time; both are printed.
 
     .venv/bin/python bench/bench_model.py --threads 1      # CPU, 2 clips x 8 frames (1 thread: steadiest on a shared machine)
     .venv/bin/python bench/bench_model.py --device cuda --batch 128 --bf16   # + clips/s, MFU
+    .venv/bin/python bench/bench_model.py --device cuda --batch 128 --bf16 --compile   # + SAP compiled: MFU eager vs compiled
+
+With `--compile`, SAP is also timed through `torch.compile(model)` (as training runs
+it on a GPU by default): the first call's time (compilation) is reported, and
+amortised over the paper's pre-training run (6.25M clip-steps = 48,828 steps of 128).
+FLOPs come from `FlopCounterMode` on the eager step (compilation does not change
+the arithmetic), MFU = FLOPs / step time / the GPU's dense bf16 peak.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 
@@ -45,7 +53,11 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    ap.add_argument("--compile", action="store_true", help="also time SAP through torch.compile")
+    ap.add_argument("--compile-backend", default="inductor", help="aot_eager: trace only (a quick CPU check)")
+    ap.add_argument("--modes", default=",".join(MODES), help="eager modes to time (comma-separated)")
     args = ap.parse_args()
+    modes = tuple(m for m in args.modes.split(",") if m)
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
@@ -61,13 +73,13 @@ def main() -> None:
     tokens = model.tokenize([f"sentence number {i} said with feeling!" for i in range(b)]).to(dev)
     sentiment = torch.randn(b, 7, device=dev)
 
-    def step(mode: str) -> tuple[float, float]:
+    def step(mode: str, engine: torch.nn.Module = model) -> tuple[float, float]:
         model.config.subject_mode = mode
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t0, c0 = time.perf_counter(), time.process_time()
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.bf16):
-            v, tx, scale = model(video, masks, tokens)
+            v, tx, scale = engine(video, masks, tokens)
             loss = criterion(v, tx, sentiment, scale)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -77,31 +89,52 @@ def main() -> None:
         return time.perf_counter() - t0, time.process_time() - c0
 
     for _ in range(args.warmup):
-        for mode in MODES:
+        for mode in modes:
             step(mode)
-    times: dict[str, list[float]] = {m: [] for m in MODES}
-    cpu: dict[str, list[float]] = {m: [] for m in MODES}
+    times: dict[str, list[float]] = {m: [] for m in modes}
+    cpu: dict[str, list[float]] = {m: [] for m in modes}
     for _ in range(args.iters):
-        for mode in MODES:
+        for mode in modes:
             wall, c = step(mode)
             times[mode].append(wall)
             cpu[mode].append(c)
+    compile_s = None
+    if args.compile:  # SAP only: a compiled graph is specialised to one subject mode
+        compiled = torch.compile(model, backend=args.compile_backend)
+        compile_s, _ = step("sap", compiled)  # the first call compiles (forward and backward graphs)
+        for _ in range(max(0, args.warmup - 1)):
+            step("sap", compiled)
+        times["sap-compiled"] = []
+        cpu["sap-compiled"] = []
+        for _ in range(args.iters):
+            wall, c = step("sap", compiled)
+            times["sap-compiled"].append(wall)
+            cpu["sap-compiled"].append(c)
 
     med = {m: statistics.median(v) for m, v in times.items()}
     med_cpu = {m: statistics.median(v) for m, v in cpu.items()}
     basis = med_cpu if dev.type == "cpu" else med
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"EmotionCLIP train step, {args.model} random init, {b} clips x {t} frames, "
-          f"{'bf16 autocast' if args.bf16 else 'fp32'}, {name}, median of {args.iters} steps")
-    for m in MODES:
+          f"{'bf16 autocast' if args.bf16 else 'fp32'}, {name}, median of {args.iters} steps, fused attention")
+    for m in times:
         print(f"  {m:8s} wall {med[m] * 1000:9.1f} ms/step  cpu {med_cpu[m] * 1000:9.1f} ms/step  "
               f"{b / med[m]:8.2f} clips/s  (wall per step: {', '.join(f'{x * 1000:.0f}' for x in times[m])} ms)")
     kind = "CPU time" if dev.type == "cpu" else "wall time"
-    print(f"ratio sap/vanilla  = {basis['sap'] / basis['vanilla']:.3f}  ({kind}; baseline: vanilla)")
-    print(f"ratio saam/vanilla = {basis['saam'] / basis['vanilla']:.3f}  ({kind}; baseline: vanilla)")
-    print(f"ratio saam/sap     = {basis['saam'] / basis['sap']:.3f}  ({kind}; baseline: sap)")
+    if {"sap", "vanilla"} <= set(modes):
+        print(f"ratio sap/vanilla  = {basis['sap'] / basis['vanilla']:.3f}  ({kind}; baseline: vanilla)")
+    if {"saam", "vanilla"} <= set(modes):
+        print(f"ratio saam/vanilla = {basis['saam'] / basis['vanilla']:.3f}  ({kind}; baseline: vanilla)")
+    if {"saam", "sap"} <= set(modes):
+        print(f"ratio saam/sap     = {basis['saam'] / basis['sap']:.3f}  ({kind}; baseline: sap)")
+    if compile_s is not None:
+        steady = med["sap-compiled"]
+        paper_steps = 6_250_000 / b  # the paper's 250k clips x 25 epochs, in steps of this batch
+        print(f"compiled sap: first call {compile_s:.1f} s (compilation), then {steady * 1000:.1f} ms/step = "
+              f"{med.get('sap', steady) / steady:.3f}x eager; compilation = {compile_s / (paper_steps * steady):.2%} "
+              f"of the paper's {paper_steps:,.0f} steps")
 
-    if dev.type == "cuda":
+    if (dev.type == "cuda" or args.compile) and "sap" in med:
         from torch.utils.flop_counter import FlopCounterMode
 
         model.config.subject_mode = "sap"
@@ -115,6 +148,15 @@ def main() -> None:
         achieved = flops / med["sap"] / 1e12
         mfu = f"{achieved / peak:.1%} of {peak:.0f} TFLOP/s" if peak else "unknown peak"
         print(f"sap: {flops / 1e12:.2f} TFLOP/step, {achieved:.1f} TFLOP/s achieved, MFU {mfu}")
+        result = {"device": name, "batch": b, "frames": t, "tflop_per_step": flops / 1e12,
+                  "eager_s_per_step": med["sap"], "eager_mfu": achieved / peak if peak else None}
+        if compile_s is not None:
+            c_achieved = flops / med["sap-compiled"] / 1e12
+            print(f"sap compiled: {c_achieved:.1f} TFLOP/s achieved, MFU "
+                  f"{f'{c_achieved / peak:.1%} of {peak:.0f} TFLOP/s' if peak else 'unknown peak'} (eager {mfu})")
+            result.update(compiled_s_per_step=med["sap-compiled"], compile_s=compile_s,
+                          compiled_mfu=c_achieved / peak if peak else None)
+        print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@ Baseline ("resident"): `EmotionCLIP` ViT-B/32 (random init, SAP, transformer
 head), bf16 autocast, SentimentGuidedLoss + backward + AdamW on a batch made once
 by the loader and kept on the GPU: the model-bound ceiling.
 Loader-fed: `emotionclip.training.train` itself (DataLoader workers decoding the
-corpus' frame stores, masks rasterised on the GPU, logging, no checkpoints in the
-timed window), clips/s and data-wait share read from its metrics.jsonl after the
+corpus' frame stores, the next batch uploaded, normalised and its masks
+rasterised on a side stream during each step by `DevicePrefetcher`, logging, no
+checkpoints in the timed window), clips/s and data-wait share read from its metrics.jsonl after the
 warm-up steps. Prints loader-fed / resident; 1.0 means the GPU never waits for data.
 """
 
@@ -47,7 +48,8 @@ def train_config(args: argparse.Namespace, corpus: Path, out: Path, steps: int):
         manifests=str(corpus / MANIFEST), data_root=str(corpus), profile="tiny", out_dir=str(out),
         clip_model=args.model, batch_size=args.batch, num_workers=args.workers, precision=args.precision,
         device=args.device, max_steps=steps, log_every_steps=args.log_every, ckpt_every_steps=10**9,
-        epochs=1000, warmup_steps=10, compile=args.compile, pin_memory=not args.no_pin,
+        epochs=1000, warmup_steps=10, compile={"on": True, "off": False, "auto": "auto"}[args.compile],
+        pin_memory=not args.no_pin,
     ))
 
 
@@ -58,6 +60,7 @@ def resident_rate(config, iters: int, warmup: int) -> tuple[float, float]:
     from emotionclip.training import build_model
     from emotionclip.training.dataset import batch_masks, collate_clips
     from emotionclip.training.loop import build_dataset, load_catalog_for
+    from emotionclip.training.config import compile_enabled
     from emotionclip.training.optim import build_optimizer
 
     dev = torch.device(config.device)
@@ -72,7 +75,7 @@ def resident_rate(config, iters: int, warmup: int) -> tuple[float, float]:
     tokens, sentiment = batch["tokens"].to(dev), batch["sentiment"].to(dev).float()
     opt = build_optimizer(model, config)
     loss_fn = SentimentGuidedLoss(beta=config.beta, kl_direction=config.kl_direction)
-    engine = torch.compile(model) if config.compile else model
+    engine = torch.compile(model) if compile_enabled(config.compile, dev) else model
 
     cpu: list[float] = []
 
@@ -91,21 +94,23 @@ def resident_rate(config, iters: int, warmup: int) -> tuple[float, float]:
         cpu.append(c1 - c0)
         return time.perf_counter() - t0
 
-    for _ in range(warmup):
+    first = step()  # with torch.compile: the compilation
+    for _ in range(warmup - 1):
         step()
     cpu.clear()
     times = [step() for _ in range(iters)]
     s = statistics.median(times)
     print(f"resident step: main-thread CPU {statistics.median(cpu) * 1000:.0f} ms of {s * 1000:.0f} ms wall "
-          "(near the wall time would mean a step bound by kernel launches)")
+          f"(near the wall time would mean a step bound by kernel launches); first step {first:.1f} s")
     del model, opt, engine
     if dev.type == "cuda":
         torch.cuda.empty_cache()
     return config.batch_size / s, s
 
 
-def loader_fed_rate(config, warmup_steps: int) -> tuple[float, float, int]:
-    """clips/s and data-wait share of `train` after `warmup_steps` (from metrics.jsonl)."""
+def loader_fed_rate(config, warmup_steps: int) -> tuple[float, float, int, float | None]:
+    """clips/s and data-wait share of `train` after `warmup_steps` (from metrics.jsonl),
+    and its first step's time (compilation included, `first_step_s`)."""
     from emotionclip.training import train
     from emotionclip.training.metrics import METRICS_FILE, read_jsonl
 
@@ -116,12 +121,14 @@ def loader_fed_rate(config, warmup_steps: int) -> tuple[float, float, int]:
         raise SystemExit(f"{config.max_steps} steps cross an epoch end ({per_epoch} steps per epoch): "
                          "make the corpus with more --clips")
     train(config)
-    rows = [r for r in read_jsonl(Path(config.out_dir) / METRICS_FILE) if r["step"] > warmup_steps]
+    logged = read_jsonl(Path(config.out_dir) / METRICS_FILE)
+    first = next((r["first_step_s"] for r in logged if "first_step_s" in r), None)
+    rows = [r for r in logged if r["step"] > warmup_steps]
     # each row covers the log_every steps before it: weight by steps, not rows
     secs = sum(config.log_every_steps * config.batch_size / r["clips_per_s"] for r in rows)
     clips = len(rows) * config.log_every_steps * config.batch_size
     wait = sum(r["data_wait_frac"] * config.log_every_steps * config.batch_size / r["clips_per_s"] for r in rows)
-    return clips / secs, wait / secs, len(rows) * config.log_every_steps
+    return clips / secs, wait / secs, len(rows) * config.log_every_steps, first
 
 
 def main() -> None:
@@ -142,7 +149,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=25, help="loader-fed steps, warm-up included")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--log-every", type=int, default=5)
-    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--compile", nargs="?", const="on", default="off", choices=["on", "off", "auto"],
+                    help="torch.compile both sides (bare --compile: on; auto: the TrainConfig default, on for CUDA)")
     ap.add_argument("--no-pin", action="store_true", help="loader-fed runs without pinned host memory")
     args = ap.parse_args()
 
@@ -157,16 +165,19 @@ def main() -> None:
                                 Path(tmp) / "resident", args.steps)
         rate, s = resident_rate(base_cfg, iters=10, warmup=args.warmup)
         print(f"{name}; {args.model} random init, SAP + transformer head, {args.batch} clips x 8 frames at 224, "
-              f"{args.precision}{', compiled' if args.compile else ''}{', no pin_memory' if args.no_pin else ''}")
+              f"{args.precision}, compile {args.compile}{', no pin_memory' if args.no_pin else ''}")
         print(f"baseline, resident batch on the GPU:  {rate:8.1f} clips/s  ({s * 1000:.0f} ms/step)")
-        results = {"device": name, "batch": args.batch, "resident_clips_per_s": rate, "loader_fed": []}
+        results = {"device": name, "batch": args.batch, "compile": args.compile, "resident_clips_per_s": rate,
+                   "loader_fed": []}
         for w in args.workers:
             cfg = train_config(argparse.Namespace(**{**vars(args), "workers": w}), corpus, Path(tmp) / f"fed{w}",
                                args.steps)
-            fed, wait, n = loader_fed_rate(cfg, args.warmup)
+            fed, wait, n, first = loader_fed_rate(cfg, args.warmup)
             print(f"loader-fed train(), {w:2d} workers:     {fed:8.1f} clips/s  data wait {wait:.1%} of the time "
-                  f"({n} steps after {args.warmup} warm-up)   ratio loader-fed / resident {fed / rate:.3f}")
-            results["loader_fed"].append({"workers": w, "clips_per_s": fed, "data_wait_frac": wait})
+                  f"({n} steps after {args.warmup} warm-up)   ratio loader-fed / resident {fed / rate:.3f}"
+                  + (f"; first step {first:.1f} s" if first is not None else ""))
+            results["loader_fed"].append({"workers": w, "clips_per_s": fed, "data_wait_frac": wait,
+                                          "ratio": fed / rate, "first_step_s": first})
         print(json.dumps(results))
 
 

@@ -1,14 +1,20 @@
-"""The deployments of this project, on one process work pool.
+"""The deployments of this project, on two process work pools: `emotionclip` (the
+local worker `python -m deployments.local up` starts) and `emotionclip-gpu` (workers
+started on GPU machines; only pretrain/paper runs there).
 
     build-tv-dataset/youtube-paper   YouTube search, paper models, weekly schedule
     build-tv-dataset/sample-tiny     bundled sample corpus, tiny models, offline
-    pretrain/tiny                    pre-training on the sample manifests (tiny model)
-    ablation/tiny                    two variants (base, beta 1) pre-trained and probed, tiny, offline
+    process-videos/batch             one batch of a build-tv-dataset run (batch_runs="deployment")
+    pretrain/paper                   paper preset and profile, torchrun over `devices` GPUs (GPU pool)
+    pretrain/tiny                    a few steps on the sample manifests (tiny model), offline
     linear-probe/paper               the five benchmarks (folders filled in per run), a checkpoint
     linear-probe/sample              miniature synthetic benchmarks (generated if missing), tiny
                                      profile, pretrain/tiny's newest checkpoint if any, offline
+    ablation/tiny                    two variants (base, beta 1) pre-trained and probed, tiny, offline
 
-`register_deployments()` creates the work pool, the global YouTube rate limit and
+`make demo` runs DEMO_CHAIN in order: sample-tiny -> pretrain/tiny -> linear-probe/sample.
+
+`register_deployments()` creates the work pools, the global YouTube rate limit and
 the GPU concurrency limit if missing, installs the automation that marks
 unresponsive runs Crashed, then registers the deployments. Users pause/resume the
 schedule and start runs with other parameters from the UI.
@@ -24,6 +30,8 @@ from typing import Any
 from emotionclip.core.catalog import REPO_ROOT
 
 WORK_POOL = "emotionclip"
+# Process pool for runs that need a GPU machine; nothing starts its workers locally.
+GPU_WORK_POOL = "emotionclip-gpu"
 GPU_TAG_LIMIT = 1  # one model stage at a time per GPU by default
 WEEKLY = "0 3 * * 1"  # Mondays 03:00
 # A flow run's process sends a heartbeat event this often (Prefect's minimum: 30 s) ...
@@ -48,14 +56,34 @@ class DeploymentSpec:
     # killed run holds no deployment slot that would block the re-run.
     concurrency_limit: int | None = None
     tags: list[str] = field(default_factory=list)
+    work_pool: str = WORK_POOL
+
+    @property
+    def full_name(self) -> str:
+        """`<flow>/<deployment>`, as `prefect deployment run` takes it."""
+        return f"{FLOW_NAMES[self.flow_entrypoint]}/{self.name}"
 
 
 BUILD = "flows/build_tv_dataset.py:build_tv_dataset"
+# One batch of build-tv-dataset's videos, run on any worker (its batch_runs="deployment").
+BATCH = "flows/build_tv_dataset.py:process_videos"
 PAPER_VIDEOS = 3613  # the paper's dataset: 3,613 TV series videos (section 3.1)
 # The sample corpus with random tiny models: see the sample-tiny description.
 SAMPLE_OVERRIDES = {"stages.filter.max_neutral": 0.5, "stages.humans.imgsz": 320}
+# pretrain/tiny's steps: one epoch of the tiny profile's batch 16 on the sample's ~79 clips,
+# which writes the epoch-end checkpoint linear-probe/sample evaluates; short for `make demo`.
+DEMO_PRETRAIN_STEPS = 4
+SAMPLE_C_TRIALS = 8
+# pretrain/tiny writes here; linear-probe/sample evaluates the newest checkpoint here.
+TINY_RUN = str(REPO_ROOT / "runs" / "pretrain-tiny")
 
 PROBE = "flows/linear_probe.py:linear_probe"
+PRETRAIN = "flows/pretrain.py:pretrain"
+ABLATION = "flows/ablation.py:ablation"
+# The @flow names of the entrypoints (what the UI and `prefect deployment run` show);
+# tests/test_flow_parameters.py checks them against the flows.
+FLOW_NAMES = {BUILD: "build-tv-dataset", BATCH: "process-videos", PRETRAIN: "pretrain", PROBE: "linear-probe",
+              ABLATION: "ablation"}
 # Placeholders in each benchmark's published folder name, for the user to replace.
 PAPER_BENCHMARK_ROOTS = {"bold": "/data/BOLD_public", "moviegraphs": "/data/MovieGraphs", "meld": "/data/MELD.Raw",
                          "emotic": "/data/emotic", "liris": "/data/LIRIS-ACCEDE"}
@@ -82,6 +110,15 @@ DEPLOYMENTS: list[DeploymentSpec] = [
         tags=["sample"],
     ),
     DeploymentSpec(
+        BATCH, "batch",
+        "One batch of build-tv-dataset's videos (named batch-0001-of-0073): every per-video stage, "
+        "a stage found up to date skipped from its marker. Started by build-tv-dataset runs with "
+        "batch_runs=deployment, one run per batch, so any number of workers on any machines (on a "
+        "shared data root) share the work; a failed batch run retries by itself. Not meant to be "
+        "started by hand.",
+        tags=["batch"],
+    ),
+    DeploymentSpec(
         PROBE, "paper",
         "Linear-probe evaluation with the paper's protocol (appendix B.3) on the real benchmarks. "
         "Fill in `datasets` (benchmark -> its folder in the published layout; drop the ones you "
@@ -99,25 +136,45 @@ DEPLOYMENTS: list[DeploymentSpec] = [
         "MovieGraphs, MELD, EMOTIC and LIRIS-ACCEDE in their published layouts under "
         "<data_root>/eval-samples/ when missing (`emotionclip eval make-sample`), then probes them "
         "with the tiny profile: pretrain/tiny's newest checkpoint if it has written one, else the "
-        "tiny random-weight model. The media are test patterns, not people, so the numbers only "
+        "tiny random-weight model; C by the paper's random search with 8 trials (32 in the paper's "
+        "protocol, the flow's default). The media are test patterns, not people, so the numbers only "
         "show that the path works. The sample videos are 64x48, so detection runs at imgsz 64.",
         parameters={"datasets": {}, "samples": ["bold", "moviegraphs", "meld", "emotic", "liris"],
                     "sample_size": "small", "profile": "tiny", "det_imgsz": 64,
-                    # pretrain/tiny's out_dir (tests check the two agree)
-                    "checkpoint_from_run": str(REPO_ROOT / "runs" / "pretrain-tiny"),
+                    # the paper's random search over C, 8 trials instead of 32 (a third of
+                    # the probe's time in `make demo`)
+                    "c_trials": SAMPLE_C_TRIALS,
+                    "checkpoint_from_run": TINY_RUN,  # pretrain/tiny's out_dir
                     "out_dir": str(REPO_ROOT / "runs" / "linear-probe-sample")},
         env=OFFLINE_ENV,
         tags=["sample"],
     ),
     DeploymentSpec(
-        "flows/pretrain.py:pretrain", "tiny",
-        "Pre-train the tiny model on the sample manifests (smoke test of the training path): "
-        "run build-tv-dataset/sample-tiny first.",
-        parameters={"profile": "tiny", "out_dir": str(REPO_ROOT / "runs" / "pretrain-tiny"),
-                    "overrides": {"batch_size": 4, "num_workers": 0, "epochs": 1}},
+        PRETRAIN, "paper",
+        "Pre-training with the paper's recipe (appendix B.2: 25 epochs, batch 128, AdamW) and the "
+        "paper profile's model (ViT-B/32 from OpenCLIP, weights fetched on first use) on the manifests of "
+        "build-tv-dataset/youtube-paper, on the GPU work pool `emotionclip-gpu`. `devices` = GPUs of the "
+        "worker's machine (torchrun processes on that node; batch_size stays global). Start a worker on a "
+        "GPU machine: a checkout at the same path as this one (or set the `working_dir` job variable) with "
+        "`make install`, the same data root (a shared folder or an fsspec URL), a server it can reach (README, "
+        "\"More than one machine\"), then `PREFECT_API_URL=http://<server>:4200/api "
+        ".venv/bin/prefect worker start --pool emotionclip-gpu --type process --limit 1`. "
+        "A re-run resumes from the newest checkpoint in out_dir.",
+        parameters={"preset": "paper", "profile": "paper", "devices": 1,
+                    "out_dir": str(REPO_ROOT / "runs" / "pretrain-paper")},
+        tags=["paper"],
+        work_pool=GPU_WORK_POOL),
+    DeploymentSpec(
+        PRETRAIN, "tiny",
+        "Pre-train the tiny model on the sample manifests for a few steps (smoke test of the training "
+        "path, the tiny profile's batch of 16): run build-tv-dataset/sample-tiny first. Offline; "
+        "checkpoints in runs/pretrain-tiny/, which linear-probe/sample evaluates. A re-run resumes "
+        "from the newest checkpoint: raise max_steps in a custom run to train further.",
+        parameters={"profile": "tiny", "out_dir": TINY_RUN,
+                    "max_steps": DEMO_PRETRAIN_STEPS},
         env=OFFLINE_ENV, tags=["sample"]),
     DeploymentSpec(
-        "flows/ablation.py:ablation", "tiny",
+        ABLATION, "tiny",
         "Ablation smoke test on the sample manifests (run build-tv-dataset/sample-tiny first): the base "
         "config and beta = 1 (paper Fig. 6), a few steps each with the tiny model, then the linear probe "
         "on a miniature BoLD written under <data_root>/eval-samples/ when missing; comparison table and "
@@ -134,19 +191,35 @@ DEPLOYMENTS: list[DeploymentSpec] = [
         env=OFFLINE_ENV, tags=["sample"]),
 ]
 
+# What `make demo` runs, in order (the Makefile's demo target; a test checks they agree):
+# the sample dataset, a few training steps on it, the probe of that checkpoint.
+DEMO_CHAIN = ("build-tv-dataset/sample-tiny", "pretrain/tiny", "linear-probe/sample")
+
+
+def deployment(full_name: str) -> DeploymentSpec:
+    """The spec of `<flow>/<deployment>`."""
+    for spec in DEPLOYMENTS:
+        if spec.full_name == full_name:
+            return spec
+    raise KeyError(f"no deployment {full_name!r}; known: {[s.full_name for s in DEPLOYMENTS]}")
+
 
 async def ensure_limits(client) -> None:
-    """Work pool, YouTube rate limit (slot decay) and GPU tag limit, created if missing."""
+    """Work pools (CPU and GPU), YouTube rate limit (slot decay) and GPU tag limit, created if missing."""
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, WorkPoolCreate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
     from emotionclip.core.catalog import load_catalog
-    from flows.tasks import GPU_TAG, YOUTUBE_RATE_LIMIT
+    from flows.tasks import GPU_LIMIT, GPU_TAG, YOUTUBE_RATE_LIMIT
 
-    try:
-        await client.read_work_pool(WORK_POOL)
-    except ObjectNotFound:
-        await client.create_work_pool(WorkPoolCreate(name=WORK_POOL, type="process"))
+    for pool in (WORK_POOL, GPU_WORK_POOL):
+        try:
+            await client.read_work_pool(pool)
+        except ObjectNotFound:
+            try:
+                await client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+            except ObjectAlreadyExists:  # registered concurrently
+                pass
     per_min = load_catalog().stages.download.rate_limit_per_minute
     try:
         await client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(
@@ -157,6 +230,11 @@ async def ensure_limits(client) -> None:
         await client.read_concurrency_limit_by_tag(GPU_TAG)
     except ObjectNotFound:
         await client.create_concurrency_limit(tag=GPU_TAG, concurrency_limit=GPU_TAG_LIMIT)
+    # The flow's model stages take a slot of this one, only when they really run (flows/tasks.py).
+    try:
+        await client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=GPU_LIMIT, limit=GPU_TAG_LIMIT))
+    except ObjectAlreadyExists:
+        pass
 
 
 def crash_detection_automation(heartbeat_s: int = HEARTBEAT_S) -> Any:
@@ -218,7 +296,7 @@ def register_deployments(extra_parameters: dict[str, Any] | None = None, heartbe
             params = {k: v for k, v in params.items() if k in (flow.parameters.properties or {})}
         flow.deploy(
             name=spec.name,
-            work_pool_name=WORK_POOL,
+            work_pool_name=spec.work_pool,
             parameters=params,
             cron=spec.cron,
             concurrency_limit=spec.concurrency_limit,

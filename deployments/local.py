@@ -149,20 +149,29 @@ def start_server(home: Path = DEFAULT_HOME, port: int = DEFAULT_PORT, timeout: f
     raise TimeoutError(f"prefect server not healthy after {timeout}s; see {home / 'server.log'}")
 
 
-def start_worker(home: Path = DEFAULT_HOME, port: int = DEFAULT_PORT, pool: Optional[str] = None) -> int:
-    """Start a process worker for the project's pool in the background."""
+def start_worker(home: Path = DEFAULT_HOME, port: int = DEFAULT_PORT, pool: Optional[str] = None, *,
+                 name: Optional[str] = None, cwd: Optional[Path] = None, env: Optional[dict[str, str]] = None,
+                 limit: Optional[int] = None) -> int:
+    """Start a process worker for the project's pool in the background. `name`: the
+    worker's name (its pid file and log are `worker-<name>.pid`/`.log`, so several
+    run side by side, as on several machines); `cwd`: its working folder (default the
+    project); `env`: added to its environment, and so to its flow runs' (credentials,
+    TMPDIR); `limit`: at most this many flow runs at once."""
     from deployments.definitions import WORK_POOL
 
-    pid = _read_pid(home, "worker")
+    what = f"worker-{name}" if name else "worker"
+    pid = _read_pid(home, what)
     if pid:
         return pid
-    log = open(home / "worker.log", "ab")
+    log = open(home / f"{what}.log", "ab")
+    cmd = _prefect() + ["worker", "start", "--pool", pool or WORK_POOL, "--type", "process"]
+    cmd += ["--name", name] if name else []
+    cmd += ["--limit", str(limit)] if limit else []
     proc = subprocess.Popen(
-        _prefect() + ["worker", "start", "--pool", pool or WORK_POOL, "--type", "process"],
-        env=server_env(home, port), stdout=log, stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL, start_new_session=True, cwd=REPO_ROOT,
+        cmd, env={**server_env(home, port), **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL, start_new_session=True, cwd=cwd or REPO_ROOT,
     )
-    _pidfile(home, "worker").write_text(str(proc.pid))
+    _pidfile(home, what).write_text(str(proc.pid))
     return proc.pid
 
 
@@ -191,7 +200,8 @@ def stop_process(pid: int, sigints: int = 2, grace: float = 15.0) -> None:
 
 
 def stop(home: Path = DEFAULT_HOME) -> None:
-    for what, sigints in (("worker", 2), ("server", 1)):
+    named = sorted(f.stem for f in home.glob("worker-*.pid")) if home.is_dir() else []  # start_worker(name=...)
+    for what, sigints in [(w, 2) for w in ["worker", *named]] + [("server", 1)]:
         pid = _read_pid(home, what)
         if pid:
             stop_process(pid, sigints=sigints)
@@ -236,6 +246,10 @@ def up(home: Path = HomeOpt, port: int = PortOpt) -> None:
     for name in register(home, port):
         typer.echo(f"deployment: {name}")
     start_worker(home, port)
+    from deployments.definitions import GPU_WORK_POOL, WORK_POOL
+
+    typer.echo(f"worker: pool {WORK_POOL}; runs of the pool {GPU_WORK_POOL} (pretrain/paper) wait for a "
+               f"worker on a GPU machine (see that deployment's description)")
     typer.echo(f"Prefect UI: http://127.0.0.1:{port}")
     typer.echo(f"export PREFECT_API_URL=http://127.0.0.1:{port}/api")
 
@@ -267,14 +281,28 @@ def status(home: Path = HomeOpt, port: int = PortOpt) -> None:
 
 @app.command("where")
 def where(port: int = PortOpt) -> None:
-    """Print where the sample run's outputs and the Prefect UI are."""
-    from emotionclip.core.catalog import load_catalog
+    """Print where `make demo`'s outputs are and the Prefect UI. The paths come from the
+    demo deployments' own parameters (deployments.definitions.DEMO_CHAIN), so they follow them."""
+    import inspect
 
-    cat = load_catalog(profile="tiny")
-    typer.echo(f"manifests:    {cat.artifact('manifests')}")
-    typer.echo(f"dataset card: {cat.artifact('dataset_card')}/README.md")
-    typer.echo(f"failures:     {cat.artifact('failures')}")
-    typer.echo(f"Prefect UI:   http://127.0.0.1:{port}  (stop everything with `make stop`)")
+    from deployments.definitions import deployment
+    from emotionclip.core.catalog import load_catalog
+    from emotionclip.evaluation.results import write_results
+    from emotionclip.training.checkpoint import latest_checkpoint
+
+    build = deployment("build-tv-dataset/sample-tiny").parameters
+    cat = load_catalog(build.get("catalog_path"), profile=build.get("profile"), data_root=build.get("data_root"),
+                       overrides=build.get("overrides"))
+    train_dir = deployment("pretrain/tiny").parameters["out_dir"]
+    probe_dir = Path(deployment("linear-probe/sample").parameters["out_dir"])
+    results = probe_dir / f"{inspect.signature(write_results).parameters['name'].default}.md"  # its default name
+    ui = f"http://127.0.0.1:{port}"
+    typer.echo(f"manifests:     {cat.artifact('manifests')}")
+    typer.echo(f"failures:      {cat.artifact('failures')}")
+    typer.echo(f"dataset card:  {cat.artifact('dataset_card')}/README.md")
+    typer.echo(f"checkpoint:    {latest_checkpoint(train_dir) or f'none yet in {train_dir} (run pretrain/tiny)'}")
+    typer.echo(f"results table: {results}{'' if results.exists() else '  (not yet: run linear-probe/sample)'}")
+    typer.echo(f"Prefect UI:    {ui}  (runs: {ui}/runs, artifacts: {ui}/artifacts; stop everything with `make stop`)")
 
 
 @app.command("down")

@@ -135,7 +135,7 @@ def report_task(records: list[dict[str, Any]], out_dir: str) -> dict[str, str]:
 def ablation(
     variants: list[dict[str, Any]],
     out_dir: str = "runs/ablation",
-    preset: str = "paper",
+    preset: Literal["paper", "official-code"] = "paper",
     profile: Optional[str] = None,
     manifests: Optional[str] = None,
     overrides: Optional[dict[str, Any]] = None,
@@ -156,12 +156,22 @@ def ablation(
             Fig. 2: the dataset's clips re-filtered, nothing re-annotated), `overrides`
             (TrainConfig fields), `name` (display name). `{}` is the base config.
         out_dir: Each variant in `<out_dir>/<hash of its resolved config>/`; the report here.
-        preset, profile, manifests, overrides, max_steps, catalog, data_root: the base
-            config, as the pretrain flow takes them (`manifests`: default the catalog's).
+        preset: Base config's hyper-parameters, as pretrain takes them: `paper` (appendix
+            B.2) or `official-code` (the authors' public code).
+        profile: Catalog model profile of every variant (paper, tiny), as pretrain takes it.
+        manifests: Manifests the variants train on (file, folder or fsspec URL); default:
+            the catalog's manifests folder.
+        overrides: TrainConfig fields of the base config, e.g. {"batch_size": 32}; a
+            variant's own `overrides` apply after them.
+        max_steps: Stop each variant's pre-training after this many steps; empty: every epoch.
+        catalog: Catalog file; default data_catalog.yaml (or $EMOTIONCLIP_CATALOG).
+        data_root: Data root holding the manifests, frame stores and generated benchmarks;
+            default: the catalog's.
         catalog_overrides: Dotted catalog keys the dataset was built with (e.g.
             build-tv-dataset/sample-tiny's); a max_neutral variant re-filters under them.
         datasets: Benchmark -> folder for the probe; default a miniature BoLD at
             `<data_root>/eval-samples/bold`, written when missing (`sample_size`).
+        sample_size: Size of that generated BoLD: small (14 samples per split) or medium (56).
         probe: Other linear-probe parameters (c_mode, det_imgsz, device, ...).
         devices: GPUs per pre-training (torchrun when > 1).
     """

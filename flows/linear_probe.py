@@ -12,6 +12,7 @@ own result caching is off: the feature cache already makes re-runs free.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -20,6 +21,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from emotionclip.core.progress import use as use_progress
 from emotionclip.evaluation import results as R
 from emotionclip.evaluation.datasets import get_spec
 from emotionclip.evaluation.features import FeatureConfig
@@ -28,6 +30,7 @@ from emotionclip.evaluation.run import (
     ModelHandle, SplitFeatures, check_layout, check_model_choice, detector_for, load_model, needed_splits,
     probe_dataset, results_rows, split_features,
 )
+from flows.progress import DatasetProgress, register, split_hook, unregister
 
 
 @dataclass(frozen=True)
@@ -48,10 +51,13 @@ class ModelSpec:
 
 @task(name="eval-features", task_run_name="features-{dataset}-{split}", cache_policy=NO_CACHE)
 def features_task(model: ModelSpec, dataset: str, root: str, split: str, cache_dir: str,
-                  feature_config: FeatureConfig, batch_size: int = 16, limit: Optional[int] = None) -> SplitFeatures:
+                  feature_config: FeatureConfig, batch_size: int = 16, limit: Optional[int] = None,
+                  progress_token: Optional[str] = None) -> SplitFeatures:
     handle = model.load()
-    data = split_features(handle, dataset, root, split, cache_dir, feature_config, batch_size=batch_size,
-                          device=model.device, limit=limit)
+    # samples done -> the benchmark's progress artifact (flows/progress.py), through the library's hook
+    with use_progress(split_hook(progress_token, split)):
+        data = split_features(handle, dataset, root, split, cache_dir, feature_config, batch_size=batch_size,
+                              device=model.device, limit=limit)
     get_run_logger().info("%s/%s: %d computed, %d cached, %d skipped", dataset, split, data.stats.computed,
                           data.stats.cached, len(data.stats.skipped))
     return data
@@ -129,11 +135,11 @@ def linear_probe(
     checkpoint: Optional[str] = None,
     official_checkpoint: Optional[str] = None,
     profile: Optional[str] = None,
-    c_mode: str = "paper",
+    c_mode: Literal["paper", "grid", "preset"] = "paper",
     c_trials: int = PAPER_C_TRIALS,
     c: Optional[float] = None,
     seed: int = 2022,
-    smoothing: str = "sequence",
+    smoothing: Literal["sequence", "per_movie", "none"] = "sequence",
     savgol_window: int = 100,
     savgol_order: int = 3,
     detect: bool = True,
@@ -148,13 +154,39 @@ def linear_probe(
     data_root: Optional[str] = None,
     checkpoint_from_run: Optional[str] = None,
 ) -> dict[str, Any]:
-    """`datasets` maps a benchmark name (bold, meld, emotic, moviegraphs, liris) to its
-    folder. The model: checkpoint or official_checkpoint (with `profile` giving the
-    detector, e.g. "tiny" offline), or `profile` alone for that profile's model.
-    `c_mode`: paper (appendix B.3's seeded random search, `c_trials` trials), grid
-    or preset (the authors' fixed C); `c` overrides it.
+    """Linear-probe frozen EmotionCLIP features on the downstream benchmarks (appendix B.3).
+
+    The model: checkpoint or official_checkpoint (with `profile` giving the detector,
+    e.g. "tiny" offline), or `profile` alone for that profile's model.
 
     Args:
+        datasets: Benchmark name (bold, meld, emotic, moviegraphs, liris) -> its folder in
+            the published layout (`emotionclip eval inspect` checks one); may be empty
+            when `samples` names benchmarks.
+        out_dir: Folder for results.parquet, results.md and the feature cache.
+        checkpoint: One of our checkpoints (a pretrain run's `checkpoints/*.pt`) to evaluate.
+        official_checkpoint: The authors' released checkpoint file, instead of `checkpoint`.
+        profile: Catalog model profile (paper, tiny): with a checkpoint it picks only the
+            detector; alone, that profile's own model is evaluated (paper: the untrained
+            OpenCLIP initialisation; tiny: random weights, offline).
+        c_mode: How the classifiers' C is chosen: paper (appendix B.3's seeded random search,
+            `c_trials` trials), grid (a fixed grid) or preset (the authors' fixed C).
+        c_trials: Trials of the paper's random search over C.
+        c: A fixed C for every classifier, overriding `c_mode`; empty: chosen by `c_mode`.
+        seed: Seeds the search trials, the hold-out split and the classifiers.
+        smoothing: Savitzky-Golay smoothing of the LIRIS-ACCEDE predictions: over the whole
+            test sequence (the authors'), per movie, or none.
+        savgol_window: Savitzky-Golay window length (LIRIS-ACCEDE; the authors' 100).
+        savgol_order: Savitzky-Golay polynomial order (LIRIS-ACCEDE; the authors' 3).
+        detect: Detect people for the subject masks where a benchmark gives no box; off:
+            empty masks.
+        det_imgsz: Detector input size in pixels (the paper's 640; the miniature benchmarks'
+            64x48 videos need only 64).
+        cache_dir: Feature cache, keyed by model, dataset, split and preprocessing;
+            default `<out_dir>/cache`.
+        batch_size: Clips per forward pass when extracting features.
+        device: Device for feature extraction: cpu, cuda or cuda:N.
+        limit: Only the first N samples of each split (smoke runs); empty: all.
         samples: Benchmarks to probe on a miniature synthetic copy in the published layout
             (`emotionclip eval make-sample`), at `<data_root>/eval-samples/<name>`; written
             there first when missing. Added to `datasets`.
@@ -180,11 +212,21 @@ def linear_probe(
     skipped: dict[str, int] = {}
     for name, root in datasets.items():
         spec = get_spec(name)
-        futures = {s: features_task.submit(model, spec.name, str(root), s, cache, fcfg, batch_size, limit)
-                   for s in needed_splits(spec)}
-        data = {s: f.result() for s, f in futures.items()}
+        splits = needed_splits(spec)
+        # one progress artifact per benchmark: its splits' features, then the probe
+        progress, token = DatasetProgress(f"linear-probe-progress-{spec.name}", spec.name, splits), uuid.uuid4().hex
+        register(token, progress)
+        try:
+            futures = {s: features_task.submit(model, spec.name, str(root), s, cache, fcfg, batch_size, limit, token)
+                       for s in splits}
+            data = {s: f.result() for s, f in futures.items()}
+        finally:
+            unregister(token)
         skipped[spec.name] = sum(len(d.stats.skipped) for d in data.values())
-        rows += probe_task(model, spec.name, data, pcfg, cache)
+        progress.probing()
+        new = probe_task(model, spec.name, data, pcfg, cache)
+        progress.done(len(new))
+        rows += new
     paths = results_task(rows, out_dir)
     return {"paths": paths, "rows": len(rows), "skipped": skipped}
 

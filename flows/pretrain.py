@@ -12,7 +12,7 @@ The logic lives in `emotionclip.training`; this file only orchestrates.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -34,22 +34,27 @@ def _config(manifests: Optional[str], out_dir: str, preset: str, overrides: Opti
 
 
 @task(name="validate-pretrain-inputs")
-def validate_inputs(config: TrainConfig, devices: int) -> dict[str, Any]:
+def validate_inputs(config: TrainConfig, devices: int, nodes: int = 1) -> dict[str, Any]:
     """Manifests readable and valid, every video's frame store present, at least one
-    global batch of clips (`emotionclip.training.inputs.check_run_inputs`)."""
+    global batch of clips over all `devices * nodes` ranks (`emotionclip.training.inputs.check_run_inputs`)."""
     from emotionclip.training.inputs import check_run_inputs
 
-    return {**check_run_inputs(config, devices), "devices": devices}
+    return {**check_run_inputs(config, devices * nodes), "devices": devices, "nodes": nodes}
 
 
 @task(name="train-emotionclip")
-def train_model(config: TrainConfig, devices: int) -> dict[str, Any]:
-    """Train; a crash re-raises with the newest resumable checkpoint in the message."""
+def train_model(config: TrainConfig, devices: int, steps_per_epoch: Optional[int] = None, nodes: int = 1,
+                node_rank: int = 0, rdzv_endpoint: Optional[str] = None) -> dict[str, Any]:
+    """Train; a crash re-raises with the newest resumable checkpoint in the message.
+    Progress: the `pretrain-progress` artifact (step/total, loss, clips/s, ETA)."""
     from emotionclip.training.checkpoint import latest_checkpoint
-    from emotionclip.training.launch import run_training
+    from emotionclip.training.launch import Rendezvous, run_training
 
+    # one flow run per node: the same parameters but node_rank (emotionclip.training.launch)
+    rendezvous = Rendezvous(nnodes=nodes, node_rank=node_rank, endpoint=rdzv_endpoint)
     try:
-        outcome = run_training(config, nproc=devices)
+        with _progress(config, devices * nodes, steps_per_epoch):
+            outcome = run_training(config, nproc=devices, rendezvous=rendezvous)
     except Exception as e:
         raise RuntimeError(f"training crashed: {e!r}; resumable checkpoint: "
                            f"{latest_checkpoint(config.out_dir)}") from e
@@ -60,6 +65,26 @@ def train_model(config: TrainConfig, devices: int) -> dict[str, Any]:
         return {"step": None, "checkpoint": latest_checkpoint(config.out_dir)}
     r = outcome.result
     return {"step": r.step, "epoch": r.epoch, "loss": r.last_loss, "checkpoint": r.checkpoint}
+
+
+def _progress(config: TrainConfig, devices: int, steps_per_epoch: Optional[int]):
+    """The steps into the `pretrain-progress` artifact (at most one update every few
+    seconds; a server hiccup is logged, never fatal): reported by the loop itself in
+    this process, or under torchrun read from rank 0's metrics.jsonl (a row every
+    log_every_steps) while the ranks run."""
+    from emotionclip.core.progress import follow_jsonl, track, use
+    from emotionclip.training.metrics import METRICS_FILE
+
+    from flows.progress import StepProgress
+
+    hook = StepProgress("pretrain-progress", "pretrain")
+    if devices <= 1:
+        return use(hook)
+    total = config.epochs * steps_per_epoch if steps_per_epoch else None
+    if total is not None and config.max_steps is not None:
+        total = min(total, config.max_steps)
+    return follow_jsonl(Path(config.out_dir) / METRICS_FILE, track("train", total, "steps", hook=hook),
+                        info_keys=("epoch", "loss", "clips_per_s"), interval_s=5.0)
 
 
 def _report(config: TrainConfig, summary: dict[str, Any]) -> None:
@@ -91,7 +116,7 @@ def _report(config: TrainConfig, summary: dict[str, Any]) -> None:
 def pretrain(
     manifests: Optional[str] = None,
     out_dir: str = "runs/pretrain",
-    preset: str = "paper",
+    preset: Literal["paper", "official-code"] = "paper",
     ablation: Optional[str] = None,
     overrides: Optional[dict[str, Any]] = None,
     devices: int = 1,
@@ -100,15 +125,48 @@ def pretrain(
     data_root: Optional[str] = None,
     resume: Optional[str] = "latest",
     max_steps: Optional[int] = None,
+    nodes: int = 1,
+    node_rank: int = 0,
+    rdzv_endpoint: Optional[str] = None,
 ) -> dict[str, Any]:
-    """Pre-train EmotionCLIP. `manifests` defaults to the catalog's manifests folder;
-    `ablation` is a named row of the paper's Table 1 / Table 3 (emotionclip.training.ABLATIONS);
-    `overrides` are TrainConfig fields (e.g. {"batch_size": 64}), applied after it; `devices` > 1
-    runs torchrun with one process per GPU on this machine."""
+    """Pre-train EmotionCLIP on the clips of build-tv-dataset's manifests.
+
+    Args:
+        manifests: A manifest Parquet file, a folder of shards or an fsspec URL; default:
+            the catalog's manifests folder (what build-tv-dataset wrote).
+        out_dir: Local folder for checkpoints, metrics.jsonl, TensorBoard and train_config.json.
+        preset: Hyper-parameters: `paper` (appendix B.2) or `official-code` (what the
+            authors' public code runs; docs/paper-provenance.md lists the differences).
+        ablation: A named row of the paper's Table 1 / Table 3 (vanilla, saam, sap, sap-snce,
+            text-random, all-random, text-frozen, text-frame-frozen, temporal-mean), applied
+            after the preset; empty: the full model.
+        overrides: TrainConfig fields, applied last, e.g. {"batch_size": 64, "epochs": 5}
+            (emotionclip/training/config.py lists them).
+        devices: Processes on this node: 1 trains in the worker's own process (a GPU if it
+            has one, else the CPU); N > 1 launches torchrun with N processes, one per GPU.
+            batch_size stays the global batch.
+        profile: Model profile of the catalog (paper: ViT-B/32 from OpenCLIP; tiny: random
+            weights, offline), which also scales batch and epochs to its data; empty: the
+            catalog's default.
+        catalog: Catalog file; default data_catalog.yaml (or $EMOTIONCLIP_CATALOG).
+        data_root: Data root holding the manifests and frame stores; default: the catalog's.
+        resume: `latest` continues from the newest readable checkpoint in out_dir (a fresh
+            start when there is none), a checkpoint path resumes from it, empty starts fresh.
+        max_steps: Stop after this many optimizer steps (the schedule still spans every
+            epoch); empty: train every epoch.
+        nodes: Machines training together (torchrun's c10d rendezvous): one flow run per
+            machine, each with the same parameters but `node_rank`; `devices` is per machine,
+            and `out_dir` must be a folder every machine shares (rank 0 writes the checkpoints).
+        node_rank: This flow run's machine, 0 to nodes - 1; node 0 runs on the machine at
+            `rdzv_endpoint` and hosts the rendezvous there.
+        rdzv_endpoint: HOST:PORT of node 0 that every machine reaches (port default 29400);
+            needed when nodes > 1.
+    """
     logger = get_run_logger()
     config = _config(manifests, out_dir, preset, overrides, profile, catalog, data_root, resume, max_steps, ablation)
-    info = validate_inputs(config, devices)
-    logger.info("training on %d clips from %d videos, %d device(s)", info["clips"], info["videos"], devices)
-    summary = train_model(config, devices)
+    info = validate_inputs(config, devices, nodes)
+    logger.info("training on %d clips from %d videos, %d device(s) x %d node(s)", info["clips"], info["videos"],
+                devices, nodes)
+    summary = train_model(config, devices, info.get("steps_per_epoch"), nodes, node_rank, rdzv_endpoint)
     _report(config, summary)
     return {**info, **summary}

@@ -22,6 +22,8 @@ os.environ.setdefault("YOLO_AUTOINSTALL", "false")
 os.environ.setdefault("MPLCONFIGDIR", str(_TMP / "mpl"))
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("TORCH_HOME", str(_TMP / "torch"))
+# Local caches of runs on a remote data root (yt-dlp's, emotionclip.core.io.local_cache_dir).
+os.environ.setdefault("EMOTIONCLIP_CACHE", str(_TMP / "cache"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
@@ -55,3 +57,29 @@ def box_corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("box-corpus")
     cat, df = make_corpus(root, n_videos=2, clips_per_video=4, box_video=True)
     return root, cat, df
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-compatible server (SeaweedFS `weed mini`, tests/s3server.py) on
+    127.0.0.1, one per session; tests use their own prefixes in its bucket."""
+    from s3server import start_s3_server
+
+    srv = start_s3_server(tmp_path_factory.mktemp("s3"))
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def s3_env(s3_server):
+    """The server's credentials and endpoint in this process's environment (the
+    standard AWS variables s3fs reads) for a test module, with s3fs's instance cache
+    cleared so no client made under other settings is reused. Returns the server."""
+    import s3fs
+
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in s3_server.env().items():
+            mp.setenv(key, value)
+        s3fs.S3FileSystem.clear_instance_cache()
+        yield s3_server
+    s3fs.S3FileSystem.clear_instance_cache()

@@ -1,7 +1,12 @@
 """Dataset card: README content, real PNG plots, boxes drawn on example frames,
-deterministic bytes, atomic replacement, and the card from what is on disk."""
+deterministic bytes, atomic replacement, the card from what is on disk, and its UI form
+(the plots embedded as small PNG data URIs; tests/test_ui_browser.py shows it in the UI)."""
 
 from __future__ import annotations
+
+import base64
+import io
+import re
 
 import numpy as np
 import pandas as pd
@@ -10,7 +15,8 @@ import pytest
 from PIL import Image
 
 from emotionclip.stages.card import (
-    DatasetCard, get_code_version, pick_examples, plot_examples, write_card_from_disk, write_dataset_card,
+    PREVIEW_MAX_BYTES, PREVIEW_MAX_WIDTH, DatasetCard, get_code_version, pick_examples, plot_examples, preview_png,
+    write_card_from_disk, write_dataset_card,
 )
 from emotionclip.core.catalog import load_catalog
 from emotionclip.stages.filter import filter_clips
@@ -19,6 +25,12 @@ from emotionclip.stages.manifests import build_manifests
 from emotionclip.core.schemas import CLIP, EMOTIONS
 
 RED = np.array([255, 48, 48])  # the box colour (#ff3030)
+_EMBEDDED = re.compile(r"!\[(\w+)\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)")
+
+
+def embedded(markdown: str) -> dict[str, bytes]:
+    """Plot name -> PNG bytes of the images embedded as data URIs."""
+    return {name: base64.b64decode(data, validate=True) for name, data in _EMBEDDED.findall(markdown)}
 
 
 def clips(video_id: str, n: int, seed: int = 0) -> pd.DataFrame:
@@ -78,19 +90,52 @@ def test_card_contents_deterministic_and_atomic(setup, tmp_path):
         assert f"](plots/{name}.png)" in text
         with Image.open(card.plots[name]) as im:
             assert im.format == "PNG" and im.size[0] > 300
+    # The UI form: the same text, each plot embedded as a smaller PNG instead of linked.
+    ui = card.ui_markdown
+    pngs = embedded(ui)
+    assert sorted(pngs) == ["durations", "emotions", "examples", "neutral"] and "](plots/" not in ui
+    assert _EMBEDDED.sub(lambda m: f"![{m[1]}](plots/{m[1]}.png)", ui) == text
+    for name, data in pngs.items():
+        with Image.open(io.BytesIO(data)) as im, Image.open(card.plots[name]) as full:
+            im.load()
+            assert im.format == "PNG" and len(data) <= PREVIEW_MAX_BYTES
+            assert im.size[0] == min(full.size[0], PREVIEW_MAX_WIDTH)
+    assert len(ui) < 5 * PREVIEW_MAX_BYTES * 4 // 3 + 2 * len(text)
     # Replaced as a whole (the stale file is gone, no temporary folder is left),
     # and the same inputs give the same bytes.
     assert not (out / "stale.txt").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["card"]
     files_a = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
-    write_dataset_card(cat, out, counts, kept, rejected, failures, "git v0.1-test")
+    again = write_dataset_card(cat, out, counts, kept, rejected, failures, "git v0.1-test")
     files_b = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
     assert files_a == files_b and len(files_a) == 5
+    assert again.ui_markdown == ui
+
+
+def test_preview_keeps_to_the_byte_budget(tmp_path):
+    """However busy the example frames, an embedded plot stays under its byte budget,
+    smaller and narrower than the plot on disk; a plot already small keeps its size."""
+    noise = np.random.default_rng(0).integers(0, 256, (300, 600, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "noise.png")
+    data = preview_png(tmp_path / "noise.png", max_width=500, max_bytes=40_000)
+    with Image.open(io.BytesIO(data)) as im:
+        assert len(data) <= 40_000 and im.format == "PNG" and im.size[0] < 500
+        assert abs(im.size[0] / im.size[1] - 2) < 0.02  # aspect kept
+    flat = np.full((100, 200, 3), 255, dtype=np.uint8)
+    flat[40:60, 50:150] = RED
+    Image.fromarray(flat).save(tmp_path / "flat.png")
+    with Image.open(io.BytesIO(preview_png(tmp_path / "flat.png"))) as im:
+        assert im.size == (200, 100) and red_pixels_of(im) == 20 * 100
+
+
+def red_pixels_of(im: Image.Image) -> int:
+    rgb = np.asarray(im.convert("RGB")).astype(int)
+    return int((np.abs(rgb - RED).sum(axis=2) < 60).sum())
 
 
 def red_pixels(path) -> int:
-    rgb = np.asarray(Image.open(path).convert("RGB")).astype(int)
-    return int((np.abs(rgb - RED).sum(axis=2) < 60).sum())
+    with Image.open(path) as im:
+        return red_pixels_of(im)
 
 
 def test_example_grid_draws_boxes_from_the_frame_store(setup, tmp_path):
@@ -111,6 +156,7 @@ def test_card_without_any_clip(setup, tmp_path):
     card = write_dataset_card(cat, tmp_path / "c", {"videos": 0}, empty, empty.assign(reason=pd.Series(dtype=object)),
                               [], "x")
     assert "No video failed." in card.markdown and "Kept 0 of 0 clips" in card.markdown
+    assert len(embedded(card.ui_markdown)) == 4
     assert all(p.exists() for p in card.plots.values())
 
 

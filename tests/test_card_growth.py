@@ -107,6 +107,10 @@ def test_card_says_what_the_last_run_added_and_the_totals(tmp_path, card_inputs)
     # The growth section comes before the clip-level sections and the plot is not listed twice.
     assert text.index("## Growth, run by run") < text.index("## Rejected clips by reason")
     assert text.count("plots/growth.png") == 1
+    # The UI form embeds it in the same place, once.
+    ui = c.ui_markdown
+    assert ui.count("![growth](data:image/png;base64,") == 1 and "plots/growth.png" not in ui
+    assert ui.index("## Growth, run by run") < ui.index("![growth](") < ui.index("## Rejected clips by reason")
 
 
 def test_growth_plot_draws_videos_and_clips_per_run(tmp_path, card_inputs):

@@ -128,19 +128,23 @@ def test_sample_deployment_runs_and_second_run_is_cached(server, reference):
     _run_deployment(server)
     run = _latest_flow_run(server)
 
-    async def task_states(client):
-        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    async def batch_outcomes(client):
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter
         from prefect.client.schemas.filters import FlowRunFilterParentFlowRunId
 
         sub = await client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run.id])))
-        ids = [run.id] + [r.id for r in sub]
-        trs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)))
-        return [(tr.task_key, tr.name, tr.state.name) for tr in trs]
+        arts = await client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[r.id for r in sub])))
+        return [r.name for r in sub], [json.loads(a.data) if isinstance(a.data, str) else a.data
+                                       for a in arts if a.type == "table"]
 
-    states = _client_call(server, task_states)
-    stage_runs = [s for s in states if s[1].split("-")[0] in ("words", "frames", "sentences", "sentiment", "humans", "clips")]
-    assert stage_runs, states
-    assert all(s[2] == "Cached" for s in stage_runs), stage_runs
+    # Each batch run (a subflow, named batch-0001-of-0001) shows per video each stage's
+    # outcome: all cached (up to date from the stage markers), none ran.
+    names, tables = _client_call(server, batch_outcomes)
+    assert names == ["batch-0001-of-0001"], names
+    rows = [row for table in tables for row in table]
+    stages = ("words", "frames", "sentences", "sentiment", "humans", "clips")
+    assert len(rows) == 8 and all(row[s] == "cached" for row in rows for s in stages), rows
     pd.testing.assert_frame_equal(first, _manifest(root))
 
 
@@ -276,32 +280,39 @@ def test_corrupt_video_is_recorded_and_others_complete(server, tmp_path):
     assert len(kept) > 0
 
 
-def test_linear_probe_sample_deployment_generates_and_probes(server, tmp_path):
-    """linear-probe/sample end to end on the server: the miniature benchmarks are written
-    into the data root, then probed with the tiny model (the run folder given has no
-    pretrain/tiny checkpoint: the random tiny model)."""
-    from deployments.definitions import DEPLOYMENTS, PROBE
+def test_demo_chain_pretrain_tiny_then_linear_probe_sample(server, reference, tmp_path):
+    """`make demo`'s chain on the server, after the reference run of sample-tiny:
+    pretrain/tiny trains a few steps on those manifests, then linear-probe/sample writes the
+    miniature benchmarks into the data root and probes the checkpoint pretrain/tiny wrote
+    (found through `checkpoint_from_run`, pointed here at this test's run folder; without a
+    checkpoint the profile's model is probed, tests/test_eval_sample.py)."""
+    from deployments.definitions import DEMO_CHAIN, deployment
     from emotionclip.evaluation.sample import DATASETS, is_sample
+    from emotionclip.training.checkpoint import latest_checkpoint
 
-    assert {"linear-probe/paper", "linear-probe/sample"} <= set(server["names"])
-    specs = {(s.flow_entrypoint, s.name): s for s in DEPLOYMENTS}
+    assert set(DEMO_CHAIN) <= set(server["names"])
     # "the newest pretrain/tiny checkpoint": the folder pretrain/tiny writes to
-    assert (specs[(PROBE, "sample")].parameters["checkpoint_from_run"]
-            == specs[("flows/pretrain.py:pretrain", "tiny")].parameters["out_dir"])
+    assert (deployment("linear-probe/sample").parameters["checkpoint_from_run"]
+            == deployment("pretrain/tiny").parameters["out_dir"])
 
-    async def schema(client):
-        return (await client.read_deployment_by_name("linear-probe/sample")).parameter_openapi_schema
+    async def schemas(client):
+        return [(await client.read_deployment_by_name(n)).parameter_openapi_schema for n in DEMO_CHAIN]
 
-    props = _client_call(server, schema)["properties"]
-    assert all(props[p].get("description") for p in ("samples", "sample_size", "data_root", "checkpoint_from_run"))
+    # the UI's "Custom run" form: every parameter described (from the flows' docstrings)
+    for schema in _client_call(server, schemas):
+        assert all(p.get("description") for p in schema["properties"].values()), schema["properties"]
 
+    run = tmp_path / "pretrain-tiny"
+    _run_deployment(server, "pretrain/tiny", params={"out_dir": str(run)})
+    ckpt = latest_checkpoint(run)
+    assert ckpt, list(run.rglob("*"))
     out = tmp_path / "probe"
-    _run_deployment(server, "linear-probe/sample",
-                    params={"out_dir": str(out), "checkpoint_from_run": str(tmp_path / "no-pretrain-run")})
+    _run_deployment(server, "linear-probe/sample", params={"out_dir": str(out), "checkpoint_from_run": str(run)})
     assert all(is_sample(server["data"] / "main" / "eval-samples" / d) for d in DATASETS)
     df = pd.read_parquet(out / "results.parquet")
     assert set(df.dataset) == set(DATASETS)
-    assert set(df.model) == {"profile:tiny:emotionclip-tiny-vit"} and df["value"].notna().all()
+    assert set(df.model) == {Path(ckpt).name} and df["value"].notna().all()
+    assert (out / "results.md").exists()
 
 
 def test_ablation_tiny_deployment_trains_and_compares_two_variants(server, reference, tmp_path):

@@ -68,3 +68,43 @@ def test_stage_cli_runs_one_video_without_a_server(catalog):
     assert bad.returncode == 1 and "invalid video id" in bad.stderr
     badkey = subprocess.run(cmd + ["--set", "stages.words.nope=1"], capture_output=True, text=True, cwd=REPO_ROOT)
     assert badkey.returncode == 2 and "stages.words: unknown key" in badkey.stderr
+
+
+def test_run_slot_is_held_only_while_a_stage_really_runs(catalog):
+    """The flow's GPU slot (`run_slot`) wraps a stage's run, never its up-to-date check."""
+    import contextlib
+
+    held = []
+
+    @contextlib.contextmanager
+    def slot():
+        held.append("enter")
+        yield
+        held.append("exit")
+
+    assert run_stage(catalog, "words", "sample_00", run_slot=slot)["skipped"] is False
+    assert held == ["enter", "exit"]
+    assert run_stage(catalog, "words", "sample_00", run_slot=slot)["skipped"] is True
+    assert held == ["enter", "exit"]  # up to date: no slot taken
+
+
+def test_replica_of_a_processed_video_is_up_to_date_under_its_own_id(catalog, tmp_path):
+    """`replicate_video` (the scale test's and benchmark's stand-in for thousands of
+    videos): the replica's markers are its own, so each stage is up to date for it,
+    and a change to its copied output is still caught."""
+    from emotionclip.core import io
+    from emotionclip.stages.growth import replicate_video
+    from emotionclip.stages.registry import VIDEO_STAGES, run_video
+
+    run_video(catalog, "sample_01")
+    extra = tmp_path / "more-corpus"
+    replicate_video(catalog, "sample_01", "copy-01", corpus=str(extra))
+    assert all(is_up_to_date(catalog, s, "copy-01") for s in VIDEO_STAGES)
+    assert all(r["skipped"] for r in run_video(catalog, "copy-01").values())
+    clips = io.read_parquet(catalog.artifact("clips", "copy-01"))
+    assert set(clips["video_id"]) == {"copy-01"} and all(c.startswith("copy-01:") for c in clips["clip_id"])
+    assert sorted(p.name for p in extra.iterdir()) == ["copy-01.en.vtt", "copy-01.mp4"]
+    # a folder import of the corpus finds the replica already imported
+    assert import_local_folder(catalog, extra).video_ids == ["copy-01"]
+    (tmp_path / "data" / "videos" / "copy-01" / "words.parquet").unlink()
+    assert not is_up_to_date(catalog, "words", "copy-01") and is_up_to_date(catalog, "words", "sample_01")

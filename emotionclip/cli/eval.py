@@ -87,8 +87,11 @@ def run_cmd(
         _fail(str(e.args[0]))
     if not root.is_dir():
         _fail(f"--root {root}: no such folder")
+    from emotionclip.cli._common import progress_display
+
     # Library chatter (Ultralytics' first-run settings notice) goes to stderr: stdout is the JSON summary.
-    with contextlib.redirect_stdout(sys.stderr):
+    # Progress bars (features per split) go to stderr too, on a terminal or with EMOTIONCLIP_PROGRESS=1.
+    with contextlib.redirect_stdout(sys.stderr), progress_display():
         summary = _run(name, root, out, checkpoint, official_checkpoint, profile, allow_pickle, c_mode, c,
                        smoothing, savgol_window, savgol_order, seed, detect, det_imgsz, catalog, cache_dir,
                        batch_size, device, limit, c_trials)

@@ -3,7 +3,11 @@ server, reading and writing the catalog's layout. This is how users debug a
 single task; the Prefect tasks call the very same functions. The commands and
 their help come from the stage registry (`emotionclip.stages.registry.STAGES`):
 one generic command per per-video stage, and the dataset-level stages (search,
-download, manifests, card) with their own options."""
+download, manifests, card) with their own options.
+
+Long stages draw progress bars on stderr (download bytes, frames written, frames
+detected: `emotionclip.core.progress`) when it is a terminal, or always with
+EMOTIONCLIP_PROGRESS=1; stdout stays the JSON summary."""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 
-from emotionclip.cli._common import CatalogOpt, DataRootOpt, ProfileOpt, SetOpt, fail_usage
+from emotionclip.cli._common import CatalogOpt, DataRootOpt, ProfileOpt, SetOpt, fail_usage, progress_display
 from emotionclip.cli._common import open_catalog as _open_catalog
 from emotionclip.stages.registry import STAGES
 
@@ -53,9 +57,11 @@ def _video_stage(name: str):
 
         cat = open_catalog(catalog, profile, data_root, set_)
         try:
-            _emit(run_stage(cat, name, video_id, force=force))
+            with progress_display():
+                result = run_stage(cat, name, video_id, force=force)
         except (StageError, ValueError) as e:
             _fail(e)
+        _emit(result)
 
     return command
 
@@ -101,13 +107,15 @@ def download(
         raise typer.BadParameter("give exactly one of --video-id, --url, --folder")
     cat = open_catalog(catalog, profile, data_root, set_)
     try:
-        if folder is not None:
-            imported = import_local_folder(cat, folder)
-            _emit({"imported": imported.video_ids, "failures": imported.failures})
-        else:
-            _emit(run_download(cat, video_id=video_id, url=url))
+        with progress_display():
+            if folder is not None:
+                imported = import_local_folder(cat, folder)
+                result = {"imported": imported.video_ids, "failures": imported.failures}
+            else:
+                result = run_download(cat, video_id=video_id, url=url)
     except (StageError, ValueError) as e:
         _fail(e)
+    _emit(result)
 
 
 for _stage in STAGES.values():

@@ -3,6 +3,7 @@
     emotionclip train --manifests data/manifests --out runs/x [--preset paper|official-code]
                       [--ablation NAME] [--profile paper|tiny] [--max-steps N] [--resume latest]
                       [--nproc 8] [--set batch_size=64 --set num_workers=4]
+                      [--nnodes 2 --node-rank R --rdzv-endpoint HOST:PORT [--rdzv-id ID] [--local-addr ADDR]]
 
 --ablation applies a named row of the paper's Table 1 or Table 3
 (`emotionclip train --list-ablations` prints them with the paper's BoLD numbers).
@@ -19,8 +20,10 @@ code 2, checked before the model is built; a full disk, exit code 1.
 
 Writes checkpoints under OUT/checkpoints, OUT/metrics.jsonl (one JSON line per
 logged step) and TensorBoard files under OUT/tensorboard. Several GPUs on this
-node: --nproc N (torchrun); several nodes: run
-`torchrun ... -m emotionclip.training.launch --config OUT/train_config.json`.
+node: --nproc N (torchrun). Several nodes: the same command on every node with
+--nnodes N --node-rank R --rdzv-endpoint HOST:PORT (node 0's address; torchrun's c10d
+rendezvous, hosted by node 0 on that address only) and an OUT that every node shares
+(`emotionclip.training.launch` says how the options map onto torchrun's).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 
-from emotionclip.cli._common import fail_usage, parse_overrides
+from emotionclip.cli._common import fail_usage, parse_overrides, progress_display
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
@@ -61,7 +64,15 @@ def app(
     resume: Optional[str] = typer.Option(None, "--resume", help="'latest' or a checkpoint path."),
     catalog: Optional[Path] = typer.Option(None, "--catalog", "-c", help="Catalog file (frame stores, models)."),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="Override the catalog's data_root."),
-    nproc: int = typer.Option(1, "--nproc", help="Processes (GPUs) on this node; >1 launches torchrun."),
+    nproc: int = typer.Option(1, "--nproc", "--nproc-per-node",
+                              help="Processes (GPUs) on this node; >1 launches torchrun."),
+    nnodes: int = typer.Option(1, "--nnodes", help="Nodes of the run (torchrun --nnodes); >1 needs --rdzv-endpoint."),
+    node_rank: int = typer.Option(0, "--node-rank", help="This node's rank, 0..nnodes-1; node 0 hosts the rendezvous."),
+    rdzv_endpoint: Optional[str] = typer.Option(
+        None, "--rdzv-endpoint", help="HOST[:PORT] of node 0 (default port 29400), the same on every node."),
+    rdzv_id: str = typer.Option("emotionclip", "--rdzv-id", help="Rendezvous id, the same on every node."),
+    local_addr: Optional[str] = typer.Option(
+        None, "--local-addr", help="This node's address the others reach (default: the one routed to node 0)."),
     sets: Optional[list[str]] = typer.Option(
         None, "--set", help="Override a training config value, e.g. --set batch_size=64 or --set num_workers=4 "
                             "(default: min(8, cores)); repeatable."),
@@ -76,7 +87,7 @@ def app(
     from emotionclip.training.build import load_catalog_for
     from emotionclip.training.config import make_config
     from emotionclip.training.inputs import check_run_inputs
-    from emotionclip.training.launch import run_training
+    from emotionclip.training.launch import Rendezvous, run_training
     from emotionclip.training.metrics import TB_DIR
 
     if list_ablations:
@@ -101,10 +112,17 @@ def app(
     load_catalog_for(config)  # a bad catalog file, key or profile: named before the data is read
     # Manifests, a batch's worth of clips, frame stores: in a second, before a model is built
     # or torchrun starts ranks (a TrainingInputError: one line and exit 2, emotionclip.cli).
-    check_run_inputs(config, world_size=max(1, nproc))
+    try:
+        rendezvous = Rendezvous(nnodes=nnodes, node_rank=node_rank, endpoint=rdzv_endpoint, run_id=rdzv_id,
+                                local_addr=local_addr)
+    except ValueError as e:
+        fail_usage(_one_line(e))
+    inputs = check_run_inputs(config, world_size=max(1, nproc) * nnodes)
     typer.echo(f"TensorBoard: tensorboard --logdir {Path(config.out_dir) / TB_DIR}", err=True)
     try:
-        outcome = run_training(config, nproc=nproc)
+        # world size > 1: under torchrun (several nodes of one process too)
+        with progress_display(), _follow_ranks(config, max(1, nproc) * nnodes, inputs["steps_per_epoch"]):
+            outcome = run_training(config, nproc=nproc, rendezvous=rendezvous)
     except OSError as e:
         if e.errno != errno.ENOSPC:
             raise
@@ -119,6 +137,24 @@ def app(
     result = outcome.result
     typer.echo(json.dumps({"step": result.step, "epoch": result.epoch, "loss": result.last_loss,
                            "checkpoint": result.checkpoint}))
+
+
+def _follow_ranks(config, nproc: int, steps_per_epoch: int):
+    """Under torchrun the steps happen in the ranks' processes: follow rank 0's
+    metrics.jsonl for the bar (a step every log_every_steps); in-process training
+    reports each step itself."""
+    import contextlib
+
+    from emotionclip.core.progress import follow_jsonl, track
+    from emotionclip.training.metrics import METRICS_FILE
+
+    if nproc <= 1:
+        return contextlib.nullcontext()
+    total = config.epochs * steps_per_epoch
+    if config.max_steps is not None:
+        total = min(total, config.max_steps)
+    return follow_jsonl(Path(config.out_dir) / METRICS_FILE, track("train", total, "steps"),
+                        info_keys=("epoch", "loss", "clips_per_s"))
 
 
 def _one_line(err: BaseException) -> str:

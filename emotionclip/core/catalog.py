@@ -176,6 +176,11 @@ class SentimentParams(_Strict):
     max_length: int = Field(77, ge=8)
 
 
+# Parameters that change how fast a stage runs, never its output: kept out of the
+# fingerprint, so changing them re-runs nothing.
+_NOT_FINGERPRINTED = {"decode_workers"}
+
+
 class HumanParams(_Strict):
     imgsz: int = Field(640, ge=32)  # paper: YOLOv7 at 640
     conf: float = Field(0.25, ge=0, le=1)  # paper
@@ -184,6 +189,18 @@ class HumanParams(_Strict):
     batch_size: int = Field(32, ge=1)
     device: str = "auto"
     half: bool = True
+    # ffmpeg processes decoding time segments of a video at once (emotionclip.core.segment_decode;
+    # the frames are byte-identical to one process). auto: 1 on CPU, where detection sets the
+    # pace; on a GPU min(4, cores // 4): one decoder gave 279-352 frames/s against 531-536 for
+    # the detector on an H200 (README, Benchmarks), so about twice the decode is needed.
+    decode_workers: int | Literal["auto"] = "auto"
+
+    @field_validator("decode_workers")
+    @classmethod
+    def _workers(cls, v: int | str) -> int | str:
+        if v != "auto" and int(v) < 1:
+            raise ValueError("decode_workers must be 'auto' or >= 1")
+        return v
 
 
 class FilterParams(_Strict):
@@ -291,7 +308,7 @@ class Catalog(_Strict):
         params = getattr(self.stages, stage, None)
         payload: dict[str, Any] = {"stage": stage}
         if params is not None:
-            payload["params"] = params.model_dump(mode="json")
+            payload["params"] = params.model_dump(mode="json", exclude=_NOT_FINGERPRINTED)
         model_field = {"sentences": "punctuation", "sentiment": "emotion", "humans": "detector"}.get(stage)
         if model_field:
             payload["model"] = getattr(self.models, model_field)

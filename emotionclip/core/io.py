@@ -18,9 +18,21 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import fsspec
+import fsspec.config
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+# A data root on an object store is shared: other processes and machines write into
+# it while this one runs. fsspec keeps every directory listing for the life of the
+# process by default, so a file another worker wrote after a listing would read as
+# missing (an up-to-date stage re-run, a done video not found). Listings are not
+# cached for the object stores, unless the user's fsspec config says otherwise.
+for _protos in (("s3", "s3a"), ("gs", "gcs"), ("abfs", "abfss", "az"), ("adl",)):
+    # fsspec applies the entries of every name of a filesystem's protocol: one set by
+    # the user under any of them (FSSPEC_S3_USE_LISTINGS_CACHE=true, a config file) wins.
+    if not any("use_listings_cache" in fsspec.config.conf.get(p, {}) for p in _protos):
+        fsspec.config.conf.setdefault(_protos[0], {})["use_listings_cache"] = False
 
 
 def is_local(path: str | os.PathLike) -> bool:
@@ -46,6 +58,53 @@ def makedirs(path: str | os.PathLike) -> None:
     else:
         fs, p = fsspec.core.url_to_fs(str(path))
         fs.makedirs(p, exist_ok=True)
+
+
+def remove(path: str | os.PathLike, recursive: bool = False) -> None:
+    """Delete a file (or, with `recursive`, a folder and everything under it); a
+    missing path is no error."""
+    if is_local(path):
+        p = _local(path)
+        if p.is_dir() and not p.is_symlink():
+            if recursive:
+                import shutil
+
+                shutil.rmtree(p)
+            else:
+                p.rmdir()
+        else:
+            p.unlink(missing_ok=True)
+        return
+    fs, p = fsspec.core.url_to_fs(str(path))
+    try:
+        fs.rm(p, recursive=recursive)
+    except FileNotFoundError:
+        pass
+
+
+def upload_folder(local_dir: str | os.PathLike, dest: str) -> list[str]:
+    """Copy the files directly in `local_dir` to the remote folder `dest` (one put per
+    file, each visible whole or not at all). Returns the destination paths. Callers
+    write their own "done" marker after it, since a folder has no atomic rename on an
+    object store."""
+    fs, p = fsspec.core.url_to_fs(dest)
+    out = []
+    for f in sorted(Path(local_dir).iterdir()):
+        if f.is_file():
+            target = f"{p.rstrip('/')}/{f.name}"
+            fs.put_file(str(f), target)
+            out.append(target)
+    return out
+
+
+def local_cache_dir(*parts: str) -> Path:
+    """A local folder for caches that outlive a run (`EMOTIONCLIP_CACHE`, default
+    `.cache/` of the project), for what cannot live on a remote data root (e.g.
+    yt-dlp's cache). Scratch files go to the temporary folder (`TMPDIR`) instead."""
+    base = os.environ.get("EMOTIONCLIP_CACHE") or str(Path(__file__).resolve().parents[2] / ".cache")
+    path = Path(base, *parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def open_file(path: str | os.PathLike, mode: str = "rb"):

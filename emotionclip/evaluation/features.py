@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from emotionclip.core.progress import ProgressHook, Tracker, track
 from emotionclip.evaluation.datasets.base import Sample, media_problem
 
 if TYPE_CHECKING:
@@ -391,15 +392,15 @@ def extract_features(
     batch_size: int = 16,
     device: str = "cpu",
     work_dir: str | os.PathLike | None = None,
+    progress: ProgressHook | None = None,
 ) -> tuple[list[Sample], np.ndarray, FeatureStats]:
     """L2-normalised features for `samples` -> (kept samples, features [N, D], stats).
 
     Samples whose media is missing, unreadable or undecodable are skipped and
-    listed in `stats.skipped` (a bad video never stops the run)."""
-    import torch
-    import torch.nn.functional as F
-
-    from emotionclip.core.errors import StageError
+    listed in `stats.skipped` (a bad video never stops the run). `progress` (else
+    the hook of `emotionclip.core.progress.use`) counts samples done (cached,
+    computed or skipped) out of all of them; frame extraction and detection of a
+    video report as nested trackers."""
     from emotionclip.models.transforms import ClipPreprocessor
 
     cfg = config or FeatureConfig()
@@ -422,11 +423,33 @@ def extract_features(
     keys = {s.id: sample_key(s) for s in samples}
     todo = [s for s in samples if keys[s.id] not in cache]
     stats.cached = len(samples) - len(todo)
+    with track(f"features {dataset}/{split}", len(samples), "samples", hook=progress,
+               completed=stats.cached) as bar:
+        _compute(model, todo, kind, keys, cache, stats, videos, preprocessor, cfg, batch_size, device, bar)
+    if stats.computed:
+        write_cache(path, cache)
+
+    kept = [s for s in samples if keys[s.id] in cache]
+    feats = np.stack([cache[keys[s.id]] for s in kept]) if kept else np.zeros((0, 0), np.float32)
+    return kept, feats, stats
+
+
+def _compute(model: Any, todo: list[Sample], kind: str, keys: dict[str, str], cache: dict[str, np.ndarray],
+             stats: FeatureStats, videos: _Videos, preprocessor: Any, cfg: FeatureConfig, batch_size: int,
+             device: str, bar: Tracker) -> None:
+    """Features of the `todo` samples into `cache`, batched; `bar` advanced per
+    sample encoded or skipped."""
+    import torch
+    import torch.nn.functional as F
+
+    from emotionclip.core.errors import StageError
+
     usable = []
     for s in todo:
         why = media_problem(s.media)
         if why:
             stats.skipped.append({"id": s.id, "media": s.media, "reason": why, "error": why})
+            bar.advance()
         else:
             usable.append(s)
 
@@ -445,6 +468,7 @@ def extract_features(
         for s, v in zip(batch_s, f):
             cache[keys[s.id]] = v
         stats.computed += len(batch_s)
+        bar.advance(len(batch_s))
 
     bx: list = []
     bm: list = []
@@ -468,6 +492,7 @@ def extract_features(
             stats.skipped += [{"id": s.id, "media": media, "reason": str(err), "error": type(e).__name__}
                               for s in group]
             stats.decode_s += time.perf_counter() - t0
+            bar.advance(len(group))
             continue
         stats.decode_s += time.perf_counter() - t0
         for s, x, m in zip(group, xs, ms):
@@ -478,9 +503,3 @@ def extract_features(
                 flush(bx, bm, bs)
                 bx, bm, bs = [], [], []
     flush(bx, bm, bs)
-    if stats.computed:
-        write_cache(path, cache)
-
-    kept = [s for s in samples if keys[s.id] in cache]
-    feats = np.stack([cache[keys[s.id]] for s in kept]) if kept else np.zeros((0, 0), np.float32)
-    return kept, feats, stats

@@ -30,6 +30,7 @@ from emotionclip.models.frame_encoder import (
     subject_patch_coverage,
     subject_token,
 )
+from emotionclip.models.fused import FusedMultiheadAttention, use_fused_attention
 from emotionclip.models.loss import SentimentGuidedLoss, pairwise_kl, sentiment_weights
 from emotionclip.models.model import EmotionCLIP, EmotionCLIPConfig
 from emotionclip.models.temporal import TemporalEncoder
@@ -62,6 +63,8 @@ __all__ = [
     "EmotionCLIPConfig",
     "SentimentGuidedLoss",
     "TemporalEncoder",
+    "FusedMultiheadAttention",
+    "use_fused_attention",
     "PreprocessConfig",
     "ClipPreprocessor",
     "TINY_MODEL_NAME",

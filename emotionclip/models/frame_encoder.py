@@ -142,7 +142,8 @@ def attention_probs(block: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor |
     """The attention weights [N, heads, L, L] that `block` (an OpenCLIP
     ResidualAttentionBlock) applies to its input x [N, L, D] under `attn_mask`
     ([N*heads, L, L] additive, or None): softmax(Q K^T / sqrt(d) + M) per head, from
-    the block's own projections (what nn.MultiheadAttention computes internally)."""
+    the block's own projections (what the fused kernel computes internally without
+    materialising it: the attention-map figures need the weights)."""
     attn: nn.MultiheadAttention = block.attn
     h = block.ln_1(x)
     n, L, d = h.shape
@@ -224,6 +225,7 @@ def encode_frames(
         if subject_mode == "saam":
             masked = num_layers(visual) if saam_layers is None else int(saam_layers)
             heads = visual.transformer.resblocks[0].attn.num_heads
+            # nn.MultiheadAttention's per-sample layout; the fused attention reads it as [N, heads, L, L]
             attn_mask = saam_attention_mask(coverage, heads, dtype=x.dtype)
     x, recorded = run_transformer(visual, x, attn_mask, masked, attention_layers)
     pooled, _ = visual._pool(x)

@@ -15,6 +15,7 @@ from torch import nn
 
 from emotionclip.models import frame_encoder as fe
 from emotionclip.models.factory import create_openclip, get_tokenizer
+from emotionclip.models.fused import use_fused_attention
 from emotionclip.models.temporal import (
     DEFAULT_DROPOUT,
     DEFAULT_HEADS,
@@ -80,6 +81,10 @@ class EmotionCLIP(nn.Module):
             heads=config.temporal_heads,
             dropout=config.temporal_dropout,
         )
+        # scaled_dot_product_attention in every attention layer (emotionclip.models.fused):
+        # the same parameters, the same results up to float rounding
+        use_fused_attention(self.clip)
+        use_fused_attention(self.temporal)
 
     # -- construction ---------------------------------------------------------
     @classmethod

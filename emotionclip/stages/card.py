@@ -11,12 +11,19 @@ data, and PNG plots that show it:
   (artifact `video_registry`), the videos per status and the top reasons behind the
   failed and excluded ones.
 
+Two forms of the same text: README.md on disk links the plots by relative path
+(`plots/neutral.png`: it renders on GitHub and in file browsers, next to the full-size
+PNGs), and `DatasetCard.ui_markdown` embeds smaller copies as PNG data URIs, for the
+Prefect UI's markdown artifact (the UI cannot reach files beside the card).
+
 Deterministic (no timestamps; examples picked by position, not at random) and
 atomic: written into a temporary sibling folder, then swapped in.
 """
 
 from __future__ import annotations
 
+import base64
+import io
 import logging
 import os
 import shutil
@@ -40,6 +47,12 @@ _BINS = 50
 _OTHER_EMOTIONS = [e for e in EMOTIONS if e != "neutral"]
 # Fixed PNG metadata: matplotlib otherwise stamps its version only, but be explicit.
 _PNG_META = {"Software": None}
+# Embedded copies for the UI: about the width of the Prefect UI's artifact column, 256-colour
+# palette PNGs (plots are flat colours), shrunk further until under the byte budget, so a
+# card of five plots stays a few hundred KB whatever the example frames hold.
+PREVIEW_MAX_WIDTH = 800
+PREVIEW_MAX_BYTES = 100_000
+_PREVIEW_MIN_WIDTH = 160
 
 
 @dataclass(frozen=True)
@@ -49,6 +62,7 @@ class DatasetCard:
     path: Path | str  # README.md (a str for fsspec URLs)
     markdown: str  # README text (plots referenced relative to the card folder)
     plots: dict[str, Path | str] = field(default_factory=dict)
+    ui_markdown: str = ""  # the same text with smaller plots embedded as data URIs (the Prefect UI artifact)
 
 
 def get_code_version() -> str:
@@ -84,6 +98,30 @@ def _figure(**kw: Any):
 def _save(fig, path: Path) -> Path:
     fig.savefig(path, dpi=100, metadata=_PNG_META)
     return path
+
+
+def preview_png(path: Path, max_width: int = PREVIEW_MAX_WIDTH, max_bytes: int = PREVIEW_MAX_BYTES) -> bytes:
+    """A smaller copy of the PNG at `path` for embedding: at most `max_width` pixels wide,
+    a 256-colour palette, and (down to a floor width) at most `max_bytes` long."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        rgb = im.convert("RGB")  # the plots' alpha is opaque white; the palette needs RGB
+    width = min(max_width, rgb.width)
+    while True:
+        small = rgb.resize((width, max(1, round(rgb.height * width / rgb.width))), Image.Resampling.LANCZOS) \
+            if width < rgb.width else rgb
+        buf = io.BytesIO()
+        # No dithering: it would speckle the flat plot colours and cost bytes.
+        small.quantize(colors=256, dither=Image.Dither.NONE).save(buf, "PNG", optimize=True)
+        if buf.tell() <= max_bytes or width <= _PREVIEW_MIN_WIDTH:
+            return buf.getvalue()
+        # Bytes grow about with the pixel count: aim just under the budget, and always shrink.
+        width = max(_PREVIEW_MIN_WIDTH, min(int(width * 0.9), int(width * 0.95 * (max_bytes / buf.tell()) ** 0.5)))
+
+
+def png_data_uri(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
 def _all_clips(kept: pd.DataFrame, rejected: pd.DataFrame) -> pd.DataFrame:
@@ -358,7 +396,8 @@ def render_markdown(
     failures: list[dict[str, Any]], code_version: str, plots: dict[str, str],
     runs: pd.DataFrame | None = None, videos: pd.DataFrame | None = None,
 ) -> str:
-    """README text. `plots` maps plot name -> link target (relative path); `runs` and
+    """README text. `plots` maps plot name -> link target (a relative path, or a data
+    URI for the embedded form); `runs` and
     `videos` (the RUNS and VIDEOS tables, when the data root has them) add the
     dataset's growth and its videos per status."""
     import yaml
@@ -456,7 +495,8 @@ def write_dataset_card(
     """Write README.md and the plots into `out_dir` (replaced as a whole).
     `runs` and `videos` (schemas.RUNS and schemas.VIDEOS rows) add the growth
     section with its plot and the videos per status.
-    Returns a DatasetCard: `.path` (README.md), `.markdown`, `.plots`."""
+    Returns a DatasetCard: `.path` (README.md), `.markdown` (its text, relative plot links),
+    `.plots` (the full-size PNGs), `.ui_markdown` (the text with the plots embedded)."""
     from emotionclip.core.io import is_local
 
     if isinstance(failures, pd.DataFrame):
@@ -488,6 +528,8 @@ def write_dataset_card(
             made["growth"] = plot_growth(runs, work / "plots" / "growth.png")
         markdown = render_markdown(catalog, counts, kept, rejected, failures, code_version,
                                    {k: f"plots/{p.name}" for k, p in made.items()}, runs, videos)
+        ui_markdown = render_markdown(catalog, counts, kept, rejected, failures, code_version,
+                                      {k: png_data_uri(preview_png(p)) for k, p in made.items()}, runs, videos)
         (work / "README.md").write_text(markdown, encoding="utf-8")
         if local:
             _swap_in(work, final)
@@ -505,7 +547,7 @@ def write_dataset_card(
     finally:
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)
-    return DatasetCard(path=readme, markdown=markdown, plots=plots)
+    return DatasetCard(path=readme, markdown=markdown, plots=plots, ui_markdown=ui_markdown)
 
 
 def write_card_from_disk(

@@ -14,7 +14,9 @@ string). A video is fetched in two steps with the same extracted metadata:
    needs captions).
 2. download the chosen format and exactly that caption track into a staging
    folder next to `raw_dir`, check the files, rename the folder into place,
-   write `info.json`, then record the video in the download archive.
+   write `info.json`, then record the video in the download archive. On a data
+   root on an object store (an fsspec URL) the staging folder is local (TMPDIR)
+   and its files are uploaded one put each, `info.json` last.
 
 The archive is yt-dlp's own (same file format, same ids, read by yt-dlp's
 `download_archive` option so it skips recorded videos, a YouTube id without a
@@ -48,7 +50,9 @@ from emotionclip.core.catalog import Catalog, DownloadParams
 from emotionclip.core.errors import StageError
 from emotionclip.core.ffmpeg import VideoProbeError, ffmpeg_exe, probe_video
 from emotionclip.core.ids import InvalidVideoId, sanitize_video_id, validate_video_id
+from emotionclip.core import io as fio
 from emotionclip.core.io import atomic_write_json, is_local, read_json
+from emotionclip.core.progress import Tracker, track
 
 log = logging.getLogger(__name__)
 
@@ -420,26 +424,35 @@ def _clean_message(exc: BaseException) -> str:
 
 
 # -- archive -------------------------------------------------------------------------
-def _archive_path(catalog: Catalog) -> Path:
-    return Path(catalog.artifact("download_archive"))
+def _archive_path(catalog: Catalog) -> str:
+    return catalog.artifact("download_archive")
 
 
 def load_archive(catalog: Catalog) -> set[str]:
     """The download archive's lines (`<extractor> <id>`, yt-dlp's format)."""
     path = _archive_path(catalog)
-    if not path.exists():
+    if not fio.exists(path):
         return set()
-    return {line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
+    with fio.open_file(path, "rb") as f:
+        text = f.read().decode("utf-8")
+    return {line.strip() for line in text.splitlines() if line.strip()}
 
 
 def _record_archive(catalog: Catalog, archive_id: str) -> None:
     from yt_dlp.utils import locked_file
 
     path = _archive_path(catalog)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if archive_id in load_archive(catalog):
+    archive = load_archive(catalog)
+    if archive_id in archive:
         return
-    with locked_file(str(path), "a", encoding="utf-8") as f:  # yt-dlp's lock: safe with its CLI
+    if not is_local(path):
+        # An object has no append and no lock: rewrite it whole. Two workers recording at
+        # once may lose a line; that costs a metadata request later (info.json, written
+        # before, still says the video is done), never a wrong skip.
+        fio.atomic_write_text(path, "".join(f"{a}\n" for a in sorted(archive | {archive_id})))
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with locked_file(path, "a", encoding="utf-8") as f:  # yt-dlp's lock: safe with its CLI
         f.write(archive_id + "\n")
 
 
@@ -449,43 +462,60 @@ def _archive_id(info: dict[str, Any]) -> str:
 
 
 # -- the stage -------------------------------------------------------------------------
-def _require_local(catalog: Catalog, video_id: str | None) -> None:
-    if not is_local(catalog.root):
-        # yt-dlp writes local files; download to a local data root, then sync.
-        raise StageError(STAGE, video_id, f"download needs a local data_root, got {catalog.root!r}")
+def _staging(catalog: Catalog, video_id: str) -> tuple[Path, Path | None, bool]:
+    """A fresh staging folder for `video_id`'s raw files: (staging, video_dir,
+    created). On a local root it sits next to raw_dir (same disk: one rename
+    installs it; `video_dir` is the video's folder and `created` whether we made it).
+    On a remote root (an fsspec URL) yt-dlp and ffmpeg still need local files: the
+    staging folder is in the local temporary folder (TMPDIR) and `_install` uploads
+    it; `video_dir` is None."""
+    raw_dir = catalog.artifact("raw_dir", video_id)
+    if not is_local(raw_dir):
+        return Path(tempfile.mkdtemp(prefix=f"emotionclip-raw-{video_id}-")), None, False
+    video_dir = Path(raw_dir).parent
+    created = not video_dir.exists()
+    video_dir.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=".raw.tmp-", dir=video_dir)), video_dir, created
 
 
 def _finished(catalog: Catalog, video_id: str) -> dict[str, Any] | None:
     """info.json of a finished download whose video file is in place, else None."""
-    info_path = Path(catalog.artifact("info", video_id))
-    if not info_path.exists():
+    info_path = catalog.artifact("info", video_id)
+    if not fio.exists(info_path):
         return None
     try:
         info = read_json(info_path)
     except (OSError, ValueError):
         return None
     video_file = info.get("video_file")
-    if video_file and (Path(catalog.artifact("raw_dir", video_id)) / video_file).is_file():
+    if video_file and video_file == os.path.basename(video_file) \
+            and fio.exists(f"{catalog.artifact('raw_dir', video_id)}/{video_file}"):
         return info
     return None
 
 
-def _cleanup(staging: Path | None, video_dir: Path, created: bool) -> None:
+def _cleanup(staging: Path | None, video_dir: Path | None, created: bool) -> None:
     if staging is not None:
         shutil.rmtree(staging, ignore_errors=True)
-    if created and video_dir.exists() and not any(video_dir.iterdir()):
+    if created and video_dir is not None and video_dir.exists() and not any(video_dir.iterdir()):
         video_dir.rmdir()
 
 
 def _install(catalog: Catalog, video_id: str, staging: Path, info_json: dict[str, Any]) -> None:
     """Swap the staging folder into raw_dir and write info.json (the 'done' marker) last."""
-    raw_dir = Path(catalog.artifact("raw_dir", video_id))
-    info_path = Path(catalog.artifact("info", video_id))
-    if info_path.exists():  # never leave an old marker next to new files
-        info_path.unlink()
-    if raw_dir.exists():
-        shutil.rmtree(raw_dir)
-    os.replace(staging, raw_dir)
+    raw_dir = catalog.artifact("raw_dir", video_id)
+    info_path = catalog.artifact("info", video_id)
+    fio.remove(info_path)  # never leave an old marker next to new files
+    if not is_local(raw_dir):
+        # No folder rename on an object store: one put per file, then the marker.
+        # A run killed in between leaves files without info.json: not done, redone.
+        fio.remove(raw_dir, recursive=True)
+        fio.upload_folder(staging, raw_dir)
+        shutil.rmtree(staging, ignore_errors=True)
+    else:
+        if Path(raw_dir).exists():
+            shutil.rmtree(raw_dir)
+        os.replace(staging, raw_dir)
     atomic_write_json(info_path, info_json)
 
 
@@ -521,7 +551,6 @@ def run_download(
             validate_video_id(video_id)
         except InvalidVideoId as e:
             raise StageError(STAGE, video_id, str(e)) from None
-    _require_local(catalog, video_id)
     source = "url" if url is not None else "youtube"
     target = url if url is not None else youtube_url(video_id)
     if url is not None and not re.match(r"^https?://", url):
@@ -533,7 +562,10 @@ def run_download(
         require_js_runtime(video_id)  # one clear error now, not a failed challenge per video
 
     archive = set() if force else load_archive(catalog)
-    cachedir = str(Path(catalog.root) / ".cache" / "yt-dlp")
+    # yt-dlp's cache (YouTube player code) is local files: under the data root when it
+    # is local, else in the local cache folder (io.local_cache_dir).
+    cachedir = str(Path(catalog.root) / ".cache" / "yt-dlp") if is_local(catalog.root) \
+        else str(fio.local_cache_dir("yt-dlp"))
     logger = _YdlLogger()
     staging: Path | None = None
     video_dir: Path | None = None
@@ -567,33 +599,50 @@ def run_download(
             raise StageError(STAGE, vid, f"no English captions ({'/'.join(params.caption_langs)}) "
                                          f"in {'/'.join(params.caption_formats)}; offered: {offered or 'none'}")
 
-        # 2. download into a staging folder next to raw_dir, then rename.
-        raw_dir = Path(catalog.artifact("raw_dir", vid))
-        video_dir = raw_dir.parent
-        created = not video_dir.exists()
-        video_dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".raw.tmp-", dir=video_dir))
+        # 2. download into a staging folder (next to raw_dir, or local for a remote root), then install.
+        staging, video_dir, created = _staging(catalog, vid)
         opts = ydl_options(params, archive=set(), logger=logger, outdir=staging, video_id=vid,
                            caption=caption, cachedir=cachedir)
+        bar = track(f"download {vid}", None, "bytes")
+        opts["progress_hooks"] = [_bytes_progress(bar)]
         with yt_dlp.YoutubeDL(opts) as ydl:
             done = ydl.process_ie_result(info, download=True)
             archive_id = ydl._make_archive_id(done) if hasattr(ydl, "_make_archive_id") else _archive_id(done)
+        bar.close()
         info_json = _check_and_describe(vid, staging, done, caption, source, target)
+        size = (staging / info_json["video_file"]).stat().st_size
         _install(catalog, vid, staging, info_json)
         staging = None
         _record_archive(catalog, archive_id or _archive_id(done))
-        size = (raw_dir / info_json["video_file"]).stat().st_size
         return {"video_id": vid, "status": "downloaded", "source": source,
                 "caption_kind": caption.kind, "caption_lang": caption.lang,
                 "video_file": info_json["video_file"], "bytes": size}
     except StageError:
-        if video_dir is not None:
-            _cleanup(staging, video_dir, created)
+        _cleanup(staging, video_dir, created)
         raise
     except Exception as exc:  # yt-dlp's DownloadError and friends
-        if video_dir is not None:
-            _cleanup(staging, video_dir, created)
+        _cleanup(staging, video_dir, created)
         raise _download_error(vid, exc) from exc
+
+
+def _bytes_progress(bar: Tracker):
+    """A yt-dlp progress hook feeding `bar` the bytes of every file of the download
+    (video and captions: yt-dlp reports each file from zero), summed."""
+    done: dict[str, float] = {}
+    totals: dict[str, float] = {}
+
+    def hook(d: dict[str, Any]) -> None:
+        name = str(d.get("filename") or d.get("tmpfilename") or "")
+        got = d.get("downloaded_bytes")
+        size = d.get("total_bytes") or d.get("total_bytes_estimate")
+        if got is not None:
+            done[name] = float(got)
+        if size:
+            totals[name] = float(size)
+        total = sum(max(totals.get(k, 0.0), done.get(k, 0.0)) for k in done.keys() | totals.keys())
+        bar.update(completed=sum(done.values()), total=total or None)
+
+    return hook
 
 
 def _check_and_describe(video_id: str, staging: Path, done: dict[str, Any], caption: CaptionChoice,
@@ -683,7 +732,6 @@ def import_local_video(catalog: Catalog, video_path: str | os.PathLike,
         validate_video_id(vid)
     except InvalidVideoId as e:
         raise StageError(STAGE, vid, str(e)) from None
-    _require_local(catalog, vid)
     if not video_path.is_file():
         raise StageError(STAGE, vid, f"video file not found: {video_path}")
     if caption_path is None or not Path(caption_path).is_file():
@@ -705,11 +753,7 @@ def import_local_video(catalog: Catalog, video_path: str | os.PathLike,
         raise StageError(STAGE, vid, f"{video_path.name} has no readable video stream ({e})") from None
     width, height = probed.width, probed.height
     duration = probed.duration_s if probed.duration_s == probed.duration_s else None  # NaN: unknown
-    raw_dir = Path(catalog.artifact("raw_dir", vid))
-    video_dir = raw_dir.parent
-    created = not video_dir.exists()
-    video_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".raw.tmp-", dir=video_dir))
+    staging, video_dir, created = _staging(catalog, vid)
     try:
         video_name = f"{vid}{video_path.suffix.lower()}"
         # "<stem>.en.vtt" -> lang "en"; "<stem>.vtt" -> no language tag.
@@ -749,7 +793,10 @@ def import_local_folder(catalog: Catalog, folder: str | os.PathLike, *, strict: 
     `failures` so the others go on; `strict=True` raises its StageError instead."""
     result = LocalImport()
     seen: dict[str, Path] = {}
-    for item in scan_local_folder(folder):
+    items = scan_local_folder(folder)
+    bar = track("import", len(items), "videos")
+    for k, item in enumerate(items):
+        bar.update(completed=k)
         try:
             if item.video_id in seen:
                 raise StageError(STAGE, item.video_id, f"{item.video_path.name} and {seen[item.video_id].name} "
@@ -761,4 +808,6 @@ def import_local_folder(catalog: Catalog, folder: str | os.PathLike, *, strict: 
                 raise
             log.warning("%s", e)
             result.failures.append({"video_id": item.video_id, "stage": STAGE, "error": str(e)})
+    bar.update(completed=len(items))
+    bar.close()
     return result

@@ -26,6 +26,7 @@ from PIL import Image
 
 from emotionclip.core.ffmpeg import FFmpegError, ffmpeg_exe, probe_video, stderr_tail
 from emotionclip.core.frame_store import FrameStoreWriter
+from emotionclip.core.progress import ProgressHook, track
 
 FPS = 8  # paper: frames sampled at 8 FPS
 SHORT_EDGE = 256  # paper: smaller edge resized to 256, aspect kept
@@ -40,7 +41,7 @@ class FrameError(RuntimeError):
 
 # -- ffmpeg command lines ----------------------------------------------------
 
-def frame_filter(fps: int = FPS, short_edge: int | None = SHORT_EDGE) -> str:
+def frame_filter(fps: int = FPS, short_edge: int | None = SHORT_EDGE, start_time: str = "0") -> str:
     """The -vf chain: resample to `fps` first (cheaper, and the same frame choice
     with or without scaling), then scale so the smaller *displayed* edge is
     `short_edge` (upscaling small sources too). `iw*sar` is the displayed width,
@@ -50,8 +51,9 @@ def frame_filter(fps: int = FPS, short_edge: int | None = SHORT_EDGE) -> str:
     frame starts later (edit lists, audio-first files), so index k always means
     k/fps s; `round=up` makes slot k the frame on screen at k/fps (latest frame
     with pts <= k/fps) instead of ffmpeg's default `near` (on screen at
-    (k + 0.5)/fps)."""
-    chain = f"fps={fps}:round=up:start_time=0"
+    (k + 0.5)/fps). `start_time` other than 0: a time segment of the same
+    decode (`emotionclip.core.segment_decode`)."""
+    chain = f"fps={fps}:round=up:start_time={start_time}"
     if short_edge:
         s = int(short_edge)
         w = f"if(gte(iw*sar,ih),round({s}*iw*sar/ih),{s})"
@@ -177,13 +179,15 @@ def extract_frames(
     *,
     metadata: dict[str, Any] | None = None,
     min_coverage: float = 0.9,
+    progress: ProgressHook | None = None,
 ) -> dict[str, Any]:
     """Decode `video_path` at `fps`, scale the smaller edge to `short_edge`, and
     write the JPEGs to one uncompressed zip at `out_path` (atomically; local path
     or fsspec URL). Returns {"n_frames", "width", "height", "duration_s", "fps"}.
 
     Raises FrameError for a missing, corrupt, truncated or frame-less video
-    (fewer frames than `min_coverage` of the container's duration, minus one second)."""
+    (fewer frames than `min_coverage` of the container's duration, minus one second).
+    `progress`: reports frames written (else the hook of `emotionclip.core.progress.use`)."""
     from emotionclip.core.io import atomic_path
 
     video_path = os.fspath(video_path)
@@ -198,11 +202,15 @@ def extract_frames(
         ff = _Ffmpeg(jpeg_ffmpeg_args(video_path, fps, short_edge, jpeg_quality))
         try:
             with FrameStoreWriter(tmp) as store:
+                bar = track(f"frames {Path(video_path).stem}", expected_frames(info.duration_s, fps), "frames",
+                            hook=progress)
                 for jpeg in _iter_jpegs(ff.stdout):
                     if n == 0:
                         width, height = _jpeg_size(jpeg)
                     store.add(jpeg)
                     n += 1
+                    bar.advance()
+                bar.close()
                 rc, log = ff.finish()
                 if rc != 0:
                     raise FrameError(f"{video_path}: ffmpeg failed: {log}")
@@ -214,6 +222,12 @@ def extract_frames(
         finally:
             ff.close()
     return summary
+
+
+def expected_frames(duration_s: float, fps: int = FPS) -> int | None:
+    """About how many frames the fps filter emits for a container duration (a
+    progress total, not a check); None when the duration is unknown."""
+    return int(duration_s * fps) + 1 if duration_s == duration_s and duration_s > 0 else None
 
 
 def iter_frames(video_path: str | os.PathLike, fps: int = FPS) -> Iterator[np.ndarray]:
@@ -258,6 +272,23 @@ def iter_frames(video_path: str | os.PathLike, fps: int = FPS) -> Iterator[np.nd
             raise FrameError(f"{video_path}: no frames could be decoded")
     finally:
         ff.close()
+
+
+def iter_frames_parallel(video_path: str | os.PathLike, fps: int = FPS, workers: int = 1,
+                         **kwargs: Any) -> Iterator[np.ndarray]:
+    """`iter_frames`' frames (byte for byte, same count and order), decoded by
+    `workers` ffmpeg processes over time segments of the video
+    (`emotionclip.core.segment_decode.decode_parallel`, which says how the cuts
+    stay exact; kwargs go to it). One worker, or nothing to split: `iter_frames`."""
+    from emotionclip.core.segment_decode import decode_parallel
+
+    video_path = os.fspath(video_path)
+    if workers <= 1 or "://" in video_path or not os.path.exists(video_path):
+        return iter_frames(video_path, fps=fps)
+    return decode_parallel(
+        video_path, fps, workers, input_args=_input_args(video_path), vf=frame_filter(fps, None, "{start}"),
+        output_args=["-pix_fmt", "rgb24", "-c:v", "ppm", "-f", "image2pipe", "-"],
+        fallback=lambda: iter_frames(video_path, fps=fps), **kwargs)
 
 
 # -- stage --------------------------------------------------------------------

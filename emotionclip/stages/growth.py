@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from emotionclip.core import io
@@ -126,3 +127,103 @@ def growth_table(before: dict[str, Any], after: dict[str, Any], videos_added: in
     table.append({"status": "clips (kept)", "videos": after["clips"], "change": clips_added, "reasons": ""})
     table.append({"status": "videos added by this run", "videos": videos_added, "change": videos_added, "reasons": ""})
     return table
+
+
+# -- replicas, for scale tests and benchmarks ------------------------------------------
+def replicate_video(catalog: Catalog, source_id: str, new_id: str, corpus: Optional[str] = None) -> None:
+    """Copy the processed video `source_id` under `new_id` so that every stage is
+    genuinely up to date for it: the same media and tables (hard-linked on a local
+    root), the id rewritten where a file holds it (the raw file names, info.json,
+    the clips), and each stage's marker written by the registry's own marker code
+    (`write_marker`: the key of `new_id`'s paths and inputs, fingerprints of its
+    outputs), so `run_stage` finds every stage of `new_id` up to date, as after a
+    real run. `corpus`: a local folder that also gets the video and its captions as
+    `<new_id>.<ext>` (a folder import of it finds the replica already imported).
+    Stands in for thousands of processed videos in the scale test and benchmark
+    (tests/test_scale.py, bench/bench_scale.py)."""
+    import os
+
+    import fsspec
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from emotionclip.core.ids import validate_video_id
+    from emotionclip.stages.registry import read_marker, write_marker
+
+    new_id = validate_video_id(new_id)
+    src_dir, dst_dir = catalog.artifact("video_dir", source_id), catalog.artifact("video_dir", new_id)
+    fs, src_path = fsspec.core.url_to_fs(src_dir)
+    dst_path = fsspec.core.url_to_fs(dst_dir)[1]
+    local = io.is_local(src_dir)
+    info = io.read_json(catalog.artifact("info", source_id))
+    rename = {n: new_id + n[len(source_id):] for n in (info.get("video_file"), info.get("caption_file"))
+              if n and n.startswith(source_id)}
+    skip = {"info.json", _name(catalog, "clips", source_id)}
+
+    def place(src: str, target: str) -> None:
+        if local:
+            os.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+            if not os.path.exists(target):
+                os.link(src, target)  # same bytes, no copy: thousands of replicas fit on a small disk
+        else:
+            fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+            fs.copy(src, target)
+
+    for f in fs.find(src_path):
+        rel = f[len(src_path.rstrip("/")) + 1:]
+        name = rel.rsplit("/", 1)[-1]
+        if rel.startswith(".stages/") or rel in skip or ".tmp-" in name:
+            continue  # markers and ids are written below; a killed run's temporaries are not data
+        parent = rel[: -len(name)]
+        place(f, f"{dst_path}/{parent}{rename.get(name, name)}")
+        if corpus and parent == "raw/" and name in rename:
+            place(f, f"{corpus}/{rename[name]}")
+    new_info = {**info, "id": new_id, "title": new_id,
+                **{k: rename.get(info[k], info[k]) for k in ("video_file", "caption_file") if info.get(k)}}
+    if corpus and info.get("video_file"):
+        new_info["url"] = (Path(corpus) / rename.get(info["video_file"], info["video_file"])).resolve().as_uri()
+    io.atomic_write_json(catalog.artifact("info", new_id), new_info)
+    with io.open_file(catalog.artifact("clips", source_id), "rb") as f:
+        clips = pq.read_table(f)
+    if "video_id" in clips.column_names:
+        clips = clips.set_column(clips.column_names.index("video_id"), "video_id",
+                                 pa.array([new_id] * clips.num_rows, type=clips.schema.field("video_id").type))
+    if "clip_id" in clips.column_names:  # "<video_id>:<sentence_idx>"
+        ids = [f"{new_id}:{c.rsplit(':', 1)[-1]}" for c in clips.column("clip_id").to_pylist()]
+        clips = clips.set_column(clips.column_names.index("clip_id"), "clip_id",
+                                 pa.array(ids, type=clips.schema.field("clip_id").type))
+    io.atomic_write_parquet(catalog.artifact("clips", new_id), clips)  # a Table keeps its schema metadata
+    for stage in VIDEO_STAGES:  # DAG order: each key builds on the ones before
+        summary = dict((read_marker(catalog, stage, source_id) or {}).get("summary") or {})
+        if "video_id" in summary:
+            summary["video_id"] = new_id
+        write_marker(catalog, stage, new_id, summary)
+
+
+def _name(catalog: Catalog, artifact: str, video_id: str) -> str:
+    """The artifact's path inside the video's folder."""
+    return catalog.artifact(artifact, video_id)[len(catalog.artifact("video_dir", video_id)) + 1:]
+
+
+def replicate_dataset(catalog: Catalog, registry: VideoRegistry, source_ids: list[str], n: int,
+                      corpus: Optional[str] = None, run_id: str = "replicas", prefix: str = "rep") -> list[str]:
+    """Grow a data root to `n` done videos by replicating the processed `source_ids`
+    in turn (`replicate_video`, into `corpus` too when given) under ids
+    `<prefix>-00001-<source>`, registered as done in one registry write. Returns
+    the new ids."""
+    if not source_ids:
+        raise ValueError("replicate_dataset needs at least one processed video")
+    for vid in source_ids:
+        if not is_up_to_date(catalog, "clips", vid):
+            raise ValueError(f"{vid} is not processed (its clips stage is not up to date)")
+    pairs = [(source_ids[i % len(source_ids)], f"{prefix}-{i + 1:05d}-{source_ids[i % len(source_ids)]}")
+             for i in range(max(n - len(source_ids), 0))]
+    # Hard links and small rewrites: I/O-bound, so threads overlap it.
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(lambda p: replicate_video(catalog, p[0], p[1], corpus), pairs))
+    new_ids = [new for _, new in pairs]
+    with registry.batch() as b:
+        b.register([info_record(catalog, v) for v in new_ids], run_id)
+        for v in new_ids:
+            b.mark_done(v, run_id, {s: "done" for s in VIDEO_STAGES})
+    return new_ids

@@ -7,7 +7,8 @@ own default IoU is 0.7, and a YOLO26/YOLOv10 head set to its NMS-free
 branch would ignore the IoU (refused here).
 
 Detection runs on the full-resolution frames at the frame store's fps
-(`emotionclip.stages.frames.iter_frames`), decoded in a background thread while the
+(`emotionclip.stages.frames.iter_frames`; on a GPU `iter_frames_parallel`, the same
+frames from `decode_workers` ffmpeg processes), decoded in a background thread while the
 previous batch is inferred. Boxes are stored normalized to [0, 1] of the frame
 (x / width, y / height), so they stay valid at any stored frame size. The
 authors' code kept boxes in 640-letterbox coordinates and shifted them; this
@@ -16,6 +17,7 @@ avoids that class of bug.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from typing import Any, Iterable, Iterator
@@ -24,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from emotionclip.core.errors import StageError
+from emotionclip.core.progress import ProgressHook, track
 from emotionclip.core.schemas import HUMANS
 from emotionclip.zoo.detector import load_detector, resolve_device
 
@@ -109,11 +112,15 @@ def detect_humans(
     batch_size: int = 32,
     device: str = "cpu",
     half: bool = False,
+    total: int | None = None,
+    progress: ProgressHook | None = None,
 ) -> pd.DataFrame:
     """Person boxes for every frame (HxWx3 uint8 RGB), per `schemas.HUMANS`:
     one row per box, `frame_idx` = position in `frames`, boxes normalized to
     [0, 1] of the frame. Frames with nobody have no row; `df.attrs["n_frames"]`
-    holds the number of frames seen. `half` applies on CUDA only."""
+    holds the number of frames seen. `half` applies on CUDA only. `progress` (else
+    the hook of `emotionclip.core.progress.use`) counts frames detected, out of
+    `total` (the expected frame count, when known)."""
     classes = [PERSON_CLASS] if classes is None else list(classes)
     device = resolve_device(device)
     half = bool(half) and device.startswith("cuda")
@@ -122,6 +129,7 @@ def detect_humans(
     precision = 16 if half else 32
     parts: list[np.ndarray] = []
     n_frames = 0
+    bar = track("detect", total, "frames", hook=progress)
     for batch in _prefetch_batches(frames, batch_size):
         with lock:
             results = model.predict(
@@ -140,6 +148,8 @@ def detect_humans(
             rows[:, 5] = boxes.conf.float().cpu().numpy()
             parts.append(rows)
         n_frames += len(batch)
+        bar.advance(len(batch))
+    bar.close()
     data = np.concatenate(parts) if parts else np.empty((0, 6))
     df = pd.DataFrame({
         "frame_idx": data[:, 0].astype(np.int32),
@@ -151,12 +161,39 @@ def detect_humans(
 
 # -- stage entry point ------------------------------------------------------------
 
+def _expected_frames(video: Any, fps: int) -> int | None:
+    """The progress bar's total: about how many frames the video gives at `fps`
+    (None when it cannot be probed: decoding then reports the real problem)."""
+    from emotionclip.core.ffmpeg import FFmpegError, probe_video
+    from emotionclip.stages.frames import expected_frames
+
+    try:
+        return expected_frames(probe_video(str(video)).duration_s, fps)
+    except (FFmpegError, OSError, ValueError):
+        return None
+
+
+def decode_workers(setting: int | str, device: str) -> int:
+    """ffmpeg processes decoding one video (`stages.humans.decode_workers`): a
+    number as given; "auto": 1 on CPU (the detector sets the pace and needs the
+    cores), else min(4, cores // 4) (see the catalog's comment)."""
+    if setting != "auto":
+        return max(1, int(setting))
+    if not str(device).startswith("cuda"):
+        return 1
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return max(1, min(4, cores // 4))
+
+
 def run_humans(catalog: Any, video_id: str) -> dict:
     """Detect people on every frame of the raw video (the frames the frame
     store holds, at full resolution) and write the detections Parquet with
     `n_frames` in its metadata."""
     from emotionclip.core.ffmpeg import FFmpegError
-    from emotionclip.stages.frames import FrameError, iter_frames, local_video
+    from emotionclip.stages.frames import FrameError, iter_frames_parallel, local_video
     from emotionclip.core.io import atomic_write_parquet
     from emotionclip.core.schemas import to_table
 
@@ -166,9 +203,11 @@ def run_humans(catalog: Any, video_id: str) -> dict:
     model = load_detector(catalog.model_ref("detector"), device)
     with local_video(catalog, video_id, STAGE) as video:  # StageError when info/video is missing
         try:
+            frames = iter_frames_parallel(video, fps=fps, workers=decode_workers(params.decode_workers, device))
             df = detect_humans(
-                iter_frames(video, fps=fps), model, imgsz=params.imgsz, conf=params.conf, iou=params.iou,
+                frames, model, imgsz=params.imgsz, conf=params.conf, iou=params.iou,
                 classes=params.classes, batch_size=params.batch_size, device=device, half=params.half,
+                total=_expected_frames(video, fps),
             )
         except (FrameError, FFmpegError, OSError, ValueError) as e:  # a broken video: name it and the stage
             raise StageError(STAGE, video_id, f"detection failed: {type(e).__name__}: {e}") from e

@@ -25,7 +25,7 @@ import json
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, Callable, ContextManager, Iterator, NamedTuple
 
 from emotionclip.core import io
 from emotionclip.core.catalog import Catalog
@@ -206,10 +206,31 @@ def _remove_stale_temps(catalog: Catalog, stage: str, video_id: str) -> list[str
     return [t for p in paths for t in io.remove_stale_temps(p)]
 
 
-def run_stage(catalog: Catalog, stage: str, video_id: str, *, force: bool = False) -> dict:
+def write_marker(catalog: Catalog, stage: str, video_id: str, summary: dict, *, key: str | None = None,
+                 outputs: dict[str, dict] | None = None) -> dict:
+    """Record that `stage` finished for `video_id`: its key and each output's
+    fingerprint (both taken now unless given: `run_stage` takes the key before
+    running). The one writer of stage markers. Raises OSError/ValueError on an
+    unreadable output."""
+    marker = {
+        "stage": stage,
+        "key": key if key is not None else stage_key(catalog, stage, video_id),
+        "summary": summary,
+        # size + integrity checksum of each output, checked before a skip
+        "outputs": outputs if outputs is not None else _fingerprints(catalog, stage, video_id),
+        "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+    }
+    io.atomic_write_json(_marker(catalog, stage, video_id), marker)
+    return marker
+
+
+def run_stage(catalog: Catalog, stage: str, video_id: str, *, force: bool = False,
+              run_slot: Callable[[], ContextManager[Any]] | None = None) -> dict:
     """Run one per-video stage unless it is up to date. Returns the stage's summary
     with `skipped` set, and `rerun_reason` when an output no longer matched its
-    marker. Any failure is raised as StageError naming stage and video."""
+    marker. Any failure is raised as StageError naming stage and video.
+    `run_slot`: a context manager entered around the stage's run only, never around
+    the up-to-date check (the flow's GPU concurrency slot: a cached stage takes none)."""
     if stage not in VIDEO_STAGES:
         raise StageError(stage, video_id, f"unknown stage; choose from {list(VIDEO_STAGES)}")
     video_id = validate_video_id(video_id)
@@ -234,7 +255,8 @@ def run_stage(catalog: Catalog, stage: str, video_id: str, *, force: bool = Fals
                                               f"({'; '.join(f'{d}: {inputs[d]}' for d in missing)})")
         key = stage_key(catalog, stage, video_id)
         try:
-            summary = VIDEO_STAGES[stage].run(catalog, video_id) or {}
+            with run_slot() if run_slot is not None else contextlib.nullcontext():
+                summary = VIDEO_STAGES[stage].run(catalog, video_id) or {}
         except StageError:
             raise
         except Exception as e:  # anything else still names the video and the stage
@@ -243,13 +265,7 @@ def run_stage(catalog: Catalog, stage: str, video_id: str, *, force: bool = Fals
             outputs = _fingerprints(catalog, stage, video_id)
         except (OSError, ValueError) as e:  # never write a marker that vouches for a broken output
             raise StageError(stage, video_id, f"wrote an unreadable output: {e}") from e
-        io.atomic_write_json(_marker(catalog, stage, video_id), {
-            "stage": stage,
-            "key": key,
-            "summary": summary,
-            "outputs": outputs,  # size + integrity checksum of each output, checked before a skip
-            "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(),
-        })
+        write_marker(catalog, stage, video_id, summary, key=key, outputs=outputs)
         result = {**summary, "skipped": False}
         if reason is not None:
             result["rerun_reason"] = reason

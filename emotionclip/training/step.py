@@ -27,8 +27,7 @@ import torch
 
 from emotionclip.models import gather_features
 from emotionclip.models.loss import pairwise_kl
-from emotionclip.models.transforms import normalize_frames
-from emotionclip.training.dataset import batch_masks
+from emotionclip.training.prefetch import DeviceBatch, prepare_batch
 from emotionclip.training.errors import BadBatchError, name_some
 from emotionclip.training.optim import clamp_logit_scale
 from emotionclip.training.state import TrainState
@@ -42,20 +41,19 @@ class StepOutput:
 
 def device_batch(batch: dict[str, torch.Tensor], device: torch.device, mean: Sequence[float],
                  std: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(frames, masks, tokens, sentiment) of a collated batch, on `device`, as the model takes them."""
-    # frames come as an HWC buffer seen as [B, T, 3, S, S]: made contiguous on the device
-    frames = normalize_frames(batch["frames"].to(device, non_blocking=True), mean, std).contiguous()
-    masks = batch_masks(batch, device).float()  # rasterised here from crop-space boxes
-    tokens = batch["tokens"].to(device, non_blocking=True)
-    sentiment = batch["sentiment"].to(device, non_blocking=True).float()
-    return frames, masks, tokens, sentiment
+    """(frames, masks, tokens, sentiment) of a collated batch, on `device`, as the model takes them
+    (`emotionclip.training.prefetch.prepare_batch`, which the prefetcher runs ahead on a side stream)."""
+    return prepare_batch(batch, device, mean, std).tensors()
 
 
-def micro_step(state: TrainState, batch: dict[str, torch.Tensor], *, sync: bool) -> float:
-    """Forward and backward of one micro-batch; returns its (unscaled) loss.
+def micro_step(state: TrainState, batch: dict[str, torch.Tensor] | DeviceBatch, *, sync: bool) -> float:
+    """Forward and backward of one micro-batch (the loader's batch, or one the
+    `DevicePrefetcher` already put on the device); returns its (unscaled) loss.
     `sync=False` skips DDP's gradient all-reduce (all but the last micro-batch)."""
-    frames, masks, tokens, sentiment = device_batch(
-        batch, state.device, state.model.preprocess_cfg.mean, state.model.preprocess_cfg.std)
+    if not isinstance(batch, DeviceBatch):
+        batch = prepare_batch(batch, state.device, state.model.preprocess_cfg.mean, state.model.preprocess_cfg.std)
+    frames, masks, tokens, sentiment = batch.tensors()
+    host = batch.batch
     engine, dtype = state.engine, state.amp_dtype
     ctx = engine.no_sync() if (state.info.distributed and not sync and hasattr(engine, "no_sync")) \
         else contextlib.nullcontext()
@@ -68,7 +66,7 @@ def micro_step(state: TrainState, batch: dict[str, torch.Tensor], *, sync: bool)
         state.scaler.scale(loss * state.info.world_size / state.config.grad_accum_steps).backward()
     # after the backward: its gradients are dropped with the run, and the check's one sync
     # is the loss read-out every step makes anyway
-    return check_micro_batch(state, batch, s_all, loss)
+    return check_micro_batch(state, host, s_all, loss)
 
 
 def check_micro_batch(state: TrainState, batch: dict[str, torch.Tensor], sentiment: torch.Tensor,

@@ -49,7 +49,10 @@ REFILTER_DIR = "ablation"
 # how a run continues (resume), and DataLoader mechanics: a sample depends only on
 # (seed, epoch, index), whatever worker loads it (emotionclip/training/dataset.py), so
 # the same variant on a machine with other cores is still the same variant.
-HASH_EXCLUDED: frozenset[str] = frozenset({"out_dir", "manifests", "resume", "num_workers", "pin_memory"})
+# compile/compile_backend: how the same model is executed, not which model (a cached
+# variant stays valid when the default changes).
+HASH_EXCLUDED: frozenset[str] = frozenset({"out_dir", "manifests", "resume", "num_workers", "pin_memory",
+                                           "compile", "compile_backend"})
 # The switches Table 1 and Table 3 vary; a config with a row's values of all of them
 # is that row's setting (section 4.2).
 PAPER_SWITCHES: tuple[str, ...] = ("subject_mode", "beta", "init_text", "init_frame", "freeze_text",

@@ -45,6 +45,13 @@ def server_env(home: Path, port: int) -> dict[str, str]:
         "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
     })
+    # A flow run started by hand against this server (not through a deployment, whose job
+    # variables set it) would send Prefect's default heartbeat every 180 s, exactly the
+    # crash automation's window (3 x 60 s): late by a second, a healthy run would be marked
+    # Crashed. Every client of this server heartbeats at the deployments' rate instead.
+    from deployments.definitions import HEARTBEAT_S
+
+    env.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", str(HEARTBEAT_S))
     return env
 
 

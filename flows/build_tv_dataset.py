@@ -304,7 +304,10 @@ def _acquire(catalog: Catalog, registry: VideoRegistry, source: Source, urls: li
         if source == "sample":
             from emotionclip.sample import ensure_sample_corpus
 
-            folder = str(ensure_sample_corpus(folder or Path(catalog.root) / "sample_corpus"))
+            # generated locally: on an object-store root it is only the import's source
+            default = Path(catalog.root) / "sample_corpus" if io.is_local(catalog.root) \
+                else io.local_cache_dir("sample_corpus")
+            folder = str(ensure_sample_corpus(folder or default))
         if folder is None:
             raise ValueError("source='folder' needs the `folder` parameter")
         imported = import_local_folder(catalog, folder)

@@ -52,6 +52,25 @@ def test_server_listens_only_on_loopback_and_checks_credentials(s3_server):
         wrong.ls(s3_server.bucket)
 
 
+def test_wrong_credentials_are_one_clear_error_before_any_stage(s3_env, monkeypatch):
+    import s3fs
+
+    from emotionclip.core.catalog import CatalogError, check_data_root
+
+    root = s3_env.url(_prefix())
+    assert check_data_root(load_catalog(profile="tiny", data_root=root)) == root
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(root)
+    fs.invalidate_cache()
+    assert not [p for p in (fs.ls(path) if fs.exists(path) else []) if ".write-check-" in p]  # probe removed
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    s3fs.S3FileSystem.clear_instance_cache()
+    with pytest.raises(CatalogError, match=f"data root {root} is not writable.*credentials"):
+        check_data_root(load_catalog(profile="tiny", data_root=root))
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
 # -- the library's IO on S3 ------------------------------------------------------------
 def test_io_on_s3(s3_env, tmp_path):
     root = s3_env.url(_prefix())

@@ -411,11 +411,13 @@ def load_catalog(
 
 
 def check_data_root(catalog: Catalog) -> str:
-    """Make sure a local data root can be written: create it when missing, then write and
-    remove a probe file. Raises CatalogError naming the root; returns the root. Remote
-    (fsspec URL) roots are not probed: their stores report their own errors."""
+    """Make sure the data root can be written: create it when missing, then write and
+    remove a probe file (on an object store, a probe object: wrong credentials or a
+    missing bucket are one clear error here, not a bare `Forbidden` from the first
+    stage). Raises CatalogError naming the root; returns the root."""
     root = catalog.root
     if "://" in root and not root.startswith("file://"):
+        _check_remote_root(root)
         return root
     path = Path(root.removeprefix("file://"))
     if path.exists() and not path.is_dir():
@@ -429,6 +431,22 @@ def check_data_root(catalog: Catalog) -> str:
         where = f" ({e.filename})" if e.filename and str(e.filename) != str(path) else ""
         raise CatalogError(f"data root {path} is not writable: {e.strerror or e}{where}") from None
     return root
+
+
+def _check_remote_root(root: str) -> None:
+    import uuid
+
+    import fsspec
+
+    probe = f"{root.rstrip('/')}/.write-check-{uuid.uuid4().hex}"
+    try:
+        fs, path = fsspec.core.url_to_fs(probe)
+        fs.pipe_file(path, b"")
+        fs.rm_file(path)
+    except Exception as e:  # the store's own error types (botocore, gcsfs, ...): one message naming the root
+        raise CatalogError(f"data root {root} is not writable: {type(e).__name__}: {e} (check the store's "
+                           "credentials and endpoint, e.g. AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+                           "AWS_ENDPOINT_URL_S3, and that the bucket exists)") from None
 
 
 def catalog_from_dict(raw: dict[str, Any]) -> Catalog:

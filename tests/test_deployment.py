@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,23 +18,18 @@ import pandas as pd
 import psutil
 import pytest
 
+from loopback import free_port
 from deployments import local
 from emotionclip.core.catalog import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     home = tmp_path_factory.mktemp("prefect-home")
     data = tmp_path_factory.mktemp("data")
-    port = _free_port()
+    port = free_port()
     local.start_server(home, port)
     # heartbeats every 30 s (Prefect's minimum): a killed run is marked Crashed after 90 s
     names = local.register(home, port, extra_parameters={"data_root": str(data / "main")}, heartbeat_s=30)

@@ -8,7 +8,6 @@ of the task runs. bench/bench_scale.py measures the same at 3,613 videos."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import time
 import httpx
 import pytest
 
+from loopback import free_port
 from deployments import local
 from emotionclip.core.catalog import REPO_ROOT
 
@@ -24,12 +24,6 @@ pytestmark = pytest.mark.slow
 VIDEOS = 1000
 OVERRIDES = {"stages.filter.max_neutral": 0.5, "stages.humans.imgsz": 320}
 HEARTBEAT_S = 30  # Prefect's minimum: the crash detector marks a run silent for 90 s Crashed
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +56,7 @@ def replicated(tmp_path_factory):
 def server(tmp_path_factory):
     """The shipped local server with the deployments, limits and crash detection
     registered (heartbeats every 30 s), and one process worker."""
-    home, port = tmp_path_factory.mktemp("prefect-home"), _free_port()
+    home, port = tmp_path_factory.mktemp("prefect-home"), free_port()
     local.start_server(home, port)
     try:
         local.register(home, port, heartbeat_s=HEARTBEAT_S)

@@ -20,12 +20,12 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import socket
 import subprocess
 import sys
 
 import pytest
 
+from loopback import free_port
 from deployments import local
 from emotionclip.core.catalog import REPO_ROOT
 
@@ -53,19 +53,13 @@ def _chromium() -> str:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """A local Prefect server after one build-tv-dataset run against it: (port, data root, env)."""
     from emotionclip.sample import make_sample_corpus
 
     tmp = tmp_path_factory.mktemp("ui-browser")
-    home, port = tmp / "prefect-home", _free_port()
+    home, port = tmp / "prefect-home", free_port()
     make_sample_corpus(tmp / "corpus", n_videos=3, duration_s=24.0)
     local.start_server(home, port)
     try:

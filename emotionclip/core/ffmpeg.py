@@ -18,9 +18,10 @@ import os
 import subprocess
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 if TYPE_CHECKING:
+    import numpy as np
     from av.container import InputContainer
     from av.video.stream import VideoStream
 
@@ -193,3 +194,27 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
     if _swaps_size(rotation):
         width, height = height, width
     return VideoInfo(float("nan") if duration is None else duration, width, height, fps, rotation)
+
+
+def read_ppm(out: BinaryIO, where: str, error: type[Exception] = FFmpegError) -> "np.ndarray | None":
+    """One PPM (P6, maxval 255) frame from an ffmpeg image2pipe stream read into a fresh
+    uint8 array, or None at the stream's end; a malformed or cut frame raises `error`."""
+    import numpy as np
+
+    magic = out.readline()
+    if not magic:
+        return None
+    dims = out.readline().split()
+    maxval = out.readline().strip()
+    if magic.strip() != b"P6" or len(dims) != 2 or maxval != b"255":
+        raise error(f"{where}: unexpected frame header from ffmpeg")
+    w, h = int(dims[0]), int(dims[1])
+    frame = np.empty((h, w, 3), dtype=np.uint8)
+    view = memoryview(frame).cast("B")
+    got = 0
+    while got < len(view):
+        k = out.readinto(view[got:])
+        if not k:
+            raise error(f"{where}: ffmpeg output ended inside a frame")
+        got += k
+    return frame

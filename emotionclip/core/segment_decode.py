@@ -54,7 +54,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from emotionclip.core.ffmpeg import FFmpegError, ffmpeg_exe, run_ffmpeg, stderr_tail
+from emotionclip.core.ffmpeg import FFmpegError, ffmpeg_exe, read_ppm, run_ffmpeg, stderr_tail
 
 log = logging.getLogger(__name__)
 
@@ -209,27 +209,6 @@ def segment_args(input_args: Sequence[str], vf: str, output_args: Sequence[str],
 
 # -- reading -------------------------------------------------------------------
 
-def _read_ppm(out: io.BufferedReader, where: str) -> np.ndarray | None:
-    """One PPM (P6, maxval 255) frame from an image2pipe stream, or None at its end."""
-    magic = out.readline()
-    if not magic:
-        return None
-    dims = out.readline().split()
-    maxval = out.readline().strip()
-    if magic.strip() != b"P6" or len(dims) != 2 or maxval != b"255":
-        raise FFmpegError(f"{where}: unexpected frame header from ffmpeg")
-    w, h = int(dims[0]), int(dims[1])
-    frame = np.empty((h, w, 3), dtype=np.uint8)
-    view = memoryview(frame).cast("B")
-    got = 0
-    while got < len(view):
-        k = out.readinto(view[got:])
-        if not k:
-            raise FFmpegError(f"{where}: ffmpeg output ended inside a frame")
-        got += k
-    return frame
-
-
 class _Job:
     """One segment's frames, filled by its worker thread, read in order by the consumer."""
 
@@ -291,7 +270,7 @@ class ParallelDecode:
             out = io.BufferedReader(job.proc.stdout, buffer_size=_CHUNK)
             where = f"{self.video} (segment at slot {job.seg.first})"
             while True:
-                frame = _read_ppm(out, where)
+                frame = read_ppm(out, where)
                 if frame is None:
                     break
                 with self._cond:

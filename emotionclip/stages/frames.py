@@ -24,7 +24,7 @@ from typing import Any, Iterator
 import numpy as np
 from PIL import Image
 
-from emotionclip.core.ffmpeg import FFmpegError, ffmpeg_exe, probe_video, stderr_tail
+from emotionclip.core.ffmpeg import FFmpegError, ffmpeg_exe, probe_video, read_ppm, stderr_tail
 from emotionclip.core.frame_store import FrameStoreWriter
 from emotionclip.core.progress import ProgressHook, track
 
@@ -246,23 +246,7 @@ def iter_frames(video_path: str | os.PathLike, fps: int = FPS) -> Iterator[np.nd
     n = 0
     try:
         out = ff.stdout
-        while True:
-            magic = out.readline()
-            if not magic:
-                break
-            dims = out.readline().split()
-            maxval = out.readline().strip()
-            if magic.strip() != b"P6" or len(dims) != 2 or maxval != b"255":
-                raise FrameError(f"{video_path}: unexpected frame header from ffmpeg")
-            w, h = int(dims[0]), int(dims[1])
-            frame = np.empty((h, w, 3), dtype=np.uint8)
-            view = memoryview(frame).cast("B")
-            got = 0
-            while got < len(view):
-                k = out.readinto(view[got:])
-                if not k:
-                    raise FrameError(f"{video_path}: ffmpeg output ended inside frame {n}")
-                got += k
+        while (frame := read_ppm(out, str(video_path), FrameError)) is not None:
             n += 1
             yield frame
         rc, log = ff.finish()

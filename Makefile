@@ -1,6 +1,7 @@
 # EmotionCLIP: `make demo` runs the mission on the bundled sample (tiny models,
-# offline): build-tv-dataset -> pretrain -> linear-probe, each a deployment run on a
-# local Prefect server; `make test` runs the whole test suite.
+# offline) as one deployment run, build-train-evaluate/sample: build-tv-dataset ->
+# pretrain -> linear-probe, each a run linked to it on a local Prefect server;
+# `make test` runs the whole test suite.
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV ?= .venv
@@ -38,13 +39,12 @@ PREFECT_DIR ?= $(CURDIR)/.prefect
 LOCAL := $(PY) -m deployments.local
 PREFECT_CLIENT := PREFECT_HOME=$(PREFECT_DIR) PREFECT_API_URL=http://127.0.0.1:$(PORT)/api $(VENV)/bin/prefect
 
-# Server + deployments + worker, then deployments.definitions.DEMO_CHAIN in order, each
-# watched to its end: a run that does not complete stops the demo (prefect exits 1).
+# Server + deployments + worker, then one run of deployments.definitions.DEMO
+# (build -> pretrain -> linear-probe, each a linked run), watched to its end: a run
+# that does not complete stops the demo (prefect exits 1).
 demo: $(STAMP)
 	$(LOCAL) up --home $(PREFECT_DIR) --port $(PORT)
-	$(PREFECT_CLIENT) deployment run build-tv-dataset/sample-tiny --watch
-	$(PREFECT_CLIENT) deployment run pretrain/tiny --watch
-	$(PREFECT_CLIENT) deployment run linear-probe/sample --watch
+	$(PREFECT_CLIENT) deployment run build-train-evaluate/sample --watch
 	$(LOCAL) where --port $(PORT)
 
 # where the demo's manifests, dataset card, checkpoint and results table are

@@ -102,7 +102,7 @@ def run_plain(folder: str, data_root: str) -> dict[str, Any]:
     from emotionclip.core.catalog import load_catalog
     from emotionclip.stages.download import import_local_folder
     from emotionclip.stages.manifests import build_manifests
-    from emotionclip.stages.registry import run_video
+    from emotionclip.stages.chain import run_video
 
     cat = load_catalog(profile="tiny", data_root=data_root, overrides=OVERRIDES)
     ids = import_local_folder(cat, folder).video_ids

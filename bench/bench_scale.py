@@ -6,16 +6,15 @@ does), with the flow's default runner (threads) and batching (inline).
     .venv/bin/python bench/bench_scale.py                     # (a) and (b)
     .venv/bin/python bench/bench_scale.py --mode first --videos 8
     .venv/bin/python bench/bench_scale.py --mode cached --cached-videos 3613
-    .venv/bin/python bench/bench_scale.py --mode why          # where a cached stage's time went before
 
 (a) first: a fresh run on N short generated videos (real stages, tiny profile).
 (b) cached: a fully cached re-run at 3,613 videos: the processed videos of (a)
     replicated under new ids (`emotionclip.stages.growth.replicate_dataset`: the
     same media, every stage marker written by the registry's own code, so that
     `run_stage` finds every stage up to date), registered as done, manifests built.
-why: the per-stage tasks of before (`flows.tasks.PER_VIDEO_TASKS`, one task run per
-    stage, model stages tagged `gpu`) on cached videos, with and without the `gpu`
-    tag limit: the time per cached stage task and where it goes.
+The flow makes one task run per stage and batch of videos (stage-major), so task
+runs grow with batches x stages (3,613 videos: 73 batches x 6 stages + acquisition,
+manifests, card), never with videos x stages.
 
 Baseline ("plain loop", same bench run): the library called in a loop over the
 same videos (`import_local_folder` for (a), then `run_video` per video, the
@@ -191,61 +190,15 @@ def _work(kind: str, catalog: Any, folder: Optional[str], args: dict[str, Any]) 
                 "batches": r["batches"], "stage_runs": r["stage_runs"]}
     if kind == "loop":
         from emotionclip.stages.download import import_local_folder
-        from emotionclip.stages.registry import STAGES, run_video
+        from emotionclip.stages.registry import STAGES
+        from emotionclip.stages.chain import run_video
 
         ids = import_local_folder(catalog, folder).video_ids
         ran = sum(not s["skipped"] for v in ids for s in run_video(catalog, v).values())
         summary = STAGES["manifests"].run(catalog, ids, [], force=True)
         STAGES["card"].run(catalog, counts=summary)
         return {"processed": len(ids), "stages_ran": ran}
-    if kind == "why":
-        return _why(catalog, args)
     raise ValueError(kind)
-
-
-def _why(catalog: Any, args: dict[str, Any]) -> dict[str, Any]:
-    """The flow as it was: one task per video mapping one task run per stage
-    (PER_VIDEO_TASKS, model stages tagged gpu), on cached videos; per stage task, its
-    wall time in the flow and the time of its `run_stage` (the up-to-date check)."""
-    from prefect import flow, task
-    from prefect.cache_policies import NO_CACHE
-
-    from emotionclip.core.video_registry import VideoRegistry
-    from emotionclip.stages.registry import VIDEO_STAGES, run_stage
-    from flows.tasks import PER_VIDEO_TASKS
-
-    ids = VideoRegistry(catalog).done_ids()[: args["why_videos"]]
-    check_ms = []
-    for v in ids:  # the in-process check alone, same videos
-        for s in VIDEO_STAGES:
-            t = time.perf_counter()
-            run_stage(catalog, s, v)
-            check_ms.append((time.perf_counter() - t) * 1000)
-
-    @task(name="process-video", cache_policy=NO_CACHE)
-    def old_process_video(cat: Any, vid: str) -> list[tuple[str, float]]:
-        out = []
-        for t in PER_VIDEO_TASKS:
-            t0 = time.perf_counter()
-            t(cat, vid, return_state=True)
-            out.append((t.name, time.perf_counter() - t0))
-        return out
-
-    @flow(name="old-process-videos")
-    def old_flow(cat: Any, vids: list[str]) -> list:
-        futures = [old_process_video.submit(cat, v) for v in vids]
-        return [x for f in futures for x in f.result()]
-
-    t0 = time.perf_counter()
-    timings = old_flow(catalog, ids)
-    wall = time.perf_counter() - t0
-    model = [s for s, v in VIDEO_STAGES.items() if v.uses_model]
-    per = {s: [d for n, d in timings if n == s] for s in VIDEO_STAGES}
-    return {"videos": len(ids), "flow_wall_s": wall, "check_ms_mean": sum(check_ms) / len(check_ms),
-            "model_task_s_mean": sum(sum(per[s]) for s in model) / sum(len(per[s]) for s in model),
-            "model_task_s_max": max(max(per[s]) for s in model),
-            "other_task_s_mean": sum(sum(per[s]) for s in per if s not in model)
-                                 / sum(len(per[s]) for s in per if s not in model)}
 
 
 def run_child(server: Server, args: dict[str, Any], extra_env: Optional[dict[str, str]] = None) -> dict[str, Any]:
@@ -371,32 +324,14 @@ def cached_run(server: Server, tmp: Path, source_root: Path, n: int, opts: dict[
     return res
 
 
-def why(server: Server, source_root: Path, n: int) -> dict[str, Any]:
-    """The old per-stage tasks on n cached videos, with the gpu tag limit (the shipped
-    configuration) and without it."""
-    import httpx
-
-    out = {}
-    for label in ("with the gpu tag limit (1 slot)", "without the tag limit"):
-        r = run_child(server, {"kind": "why", "data_root": str(source_root), "why_videos": n})
-        out[label] = r
-        print(f"\n== why, per-stage tasks of before, {r['videos']} cached videos, {label}")
-        print(f"flow wall {r['flow_wall_s']:.1f} s; in-process up-to-date check {r['check_ms_mean']:.2f} ms/stage")
-        print(f"cached model-stage task (gpu tag) mean {r['model_task_s_mean']:.2f} s, max {r['model_task_s_max']:.2f} s;"
-              f" other stage task mean {r['other_task_s_mean']:.3f} s")
-        httpx.delete(f"{server.api}/concurrency_limits/tag/gpu", timeout=30)  # the second round runs without it
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--mode", choices=["both", "first", "cached", "why"], default="both")
+    ap.add_argument("--mode", choices=["both", "first", "cached"], default="both")
     ap.add_argument("--videos", type=int, default=8, help="(a): short generated videos")
     ap.add_argument("--duration", type=float, default=12.0, help="(a): seconds per video")
     ap.add_argument("--cached-videos", type=int, default=PAPER_VIDEOS, help="(b): videos of the cached re-run")
     ap.add_argument("--videos-per-batch", type=int, default=50)
     ap.add_argument("--repeats", type=int, default=2, help="(a): loop and flow runs each, the fastest compared")
-    ap.add_argument("--why-videos", type=int, default=10)
     ap.add_argument("--json", type=Path, help="write the figures here")
     ap.add_argument("--logs", type=Path, help="keep each child's output (flow logs) and the server log here")
     ap.add_argument("--max-workers", type=int, help="the flow's max_workers (default: the flow's own)")
@@ -419,9 +354,6 @@ def main() -> None:
             opts = {"videos_per_batch": a.videos_per_batch, "max_workers": a.max_workers}
             results["first"], root = first_run(server, tmp, n_first, a.duration, opts,
                                                a.repeats if a.mode in ("both", "first") else 1)
-            if a.mode == "why":
-                replicated_root(root, max(a.why_videos, n_first), tmp / "corpus")
-                results["why"] = why(server, root, a.why_videos)
             if a.mode in ("both", "cached"):
                 results["cached"] = cached_run(server, tmp, root, a.cached_videos, opts)
         finally:

@@ -11,8 +11,12 @@ started on GPU machines; only pretrain/paper runs there).
     linear-probe/sample              miniature synthetic benchmarks (generated if missing), tiny
                                      profile, pretrain/tiny's newest checkpoint if any, offline
     ablation/tiny                    two variants (base, beta 1) pre-trained and probed, tiny, offline
+    build-train-evaluate/sample      the mission on the sample: sample-tiny -> pretrain/tiny ->
+                                     linear-probe/sample, each a run linked to this one, offline
+    build-train-evaluate/paper       the mission for real: youtube-paper -> pretrain/paper (GPU
+                                     pool) -> linear-probe/paper
 
-`make demo` runs DEMO_CHAIN in order: sample-tiny -> pretrain/tiny -> linear-probe/sample.
+`make demo` starts one run, DEMO (build-train-evaluate/sample), and watches it to its end.
 
 `register_deployments()` creates the work pools, the global YouTube rate limit and
 the GPU concurrency limit if missing, installs the automation that marks
@@ -32,7 +36,7 @@ from emotionclip.core.catalog import REPO_ROOT
 WORK_POOL = "emotionclip"
 # Process pool for runs that need a GPU machine; nothing starts its workers locally.
 GPU_WORK_POOL = "emotionclip-gpu"
-GPU_TAG_LIMIT = 1  # one model stage at a time per GPU by default
+GPU_LIMIT_SLOTS = 1  # one model stage at a time per GPU by default
 WEEKLY = "0 3 * * 1"  # Mondays 03:00
 # A flow run's process sends a heartbeat event this often (Prefect's minimum: 30 s) ...
 HEARTBEAT_S = 60
@@ -80,13 +84,20 @@ TINY_RUN = str(REPO_ROOT / "runs" / "pretrain-tiny")
 PROBE = "flows/linear_probe.py:linear_probe"
 PRETRAIN = "flows/pretrain.py:pretrain"
 ABLATION = "flows/ablation.py:ablation"
+MISSION = "flows/mission.py:build_train_evaluate"
 # The @flow names of the entrypoints (what the UI and `prefect deployment run` show);
 # tests/test_flow_parameters.py checks them against the flows.
 FLOW_NAMES = {BUILD: "build-tv-dataset", BATCH: "process-videos", PRETRAIN: "pretrain", PROBE: "linear-probe",
-              ABLATION: "ablation"}
+              ABLATION: "ablation", MISSION: "build-train-evaluate"}
 # Placeholders in each benchmark's published folder name, for the user to replace.
 PAPER_BENCHMARK_ROOTS = {"bold": "/data/BOLD_public", "moviegraphs": "/data/MovieGraphs", "meld": "/data/MELD.Raw",
                          "emotic": "/data/emotic", "liris": "/data/LIRIS-ACCEDE"}
+
+# The steps of build-train-evaluate/sample, in order: the sample dataset, a few training
+# steps on it, the probe of that checkpoint.
+DEMO_CHAIN = ("build-tv-dataset/sample-tiny", "pretrain/tiny", "linear-probe/sample")
+# The one run `make demo` starts (the Makefile's demo target; a test checks they agree).
+DEMO = "build-train-evaluate/sample"
 
 DEPLOYMENTS: list[DeploymentSpec] = [
     DeploymentSpec(
@@ -189,11 +200,27 @@ DEPLOYMENTS: list[DeploymentSpec] = [
                     "probe": {"det_imgsz": 64},  # the miniature benchmark's videos are 64x48
                     "out_dir": str(REPO_ROOT / "runs" / "ablation-tiny")},
         env=OFFLINE_ENV, tags=["sample"]),
+    DeploymentSpec(
+        MISSION, "sample",
+        "The whole mission on the bundled sample, offline, as one run: build-tv-dataset/sample-tiny, "
+        "then pretrain/tiny on the manifests it wrote, then linear-probe/sample on the checkpoint pretrain "
+        "wrote. Each step is its own run (state, logs, artifacts) linked to this one; a step that does not "
+        "complete stops the chain with its reason. A re-run resumes (stages up to date, training from its "
+        "newest checkpoint, the probe's feature cache). `make demo` starts this.",
+        parameters=dict(zip(("build_deployment", "pretrain_deployment", "probe_deployment"), DEMO_CHAIN)),
+        env=OFFLINE_ENV, tags=["sample"]),
+    DeploymentSpec(
+        MISSION, "paper",
+        "The whole mission for real, as one run: build-tv-dataset/youtube-paper (YouTube, the paper's "
+        "models), then pretrain/paper on its manifests (the GPU work pool `emotionclip-gpu`: it waits until a "
+        "GPU worker takes it, see pretrain/paper), then linear-probe/paper on the checkpoint (fill in its "
+        "`datasets` under `probe`, e.g. {\"datasets\": {\"bold\": \"/data/BOLD_public\"}, \"device\": "
+        "\"cuda\"}). Steps are linked runs; a failed step stops the chain with its reason; a re-run resumes.",
+        parameters={"build_deployment": "build-tv-dataset/youtube-paper", "pretrain_deployment": "pretrain/paper",
+                    "probe_deployment": "linear-probe/paper"},
+        tags=["paper"]),
 ]
 
-# What `make demo` runs, in order (the Makefile's demo target; a test checks they agree):
-# the sample dataset, a few training steps on it, the probe of that checkpoint.
-DEMO_CHAIN = ("build-tv-dataset/sample-tiny", "pretrain/tiny", "linear-probe/sample")
 
 
 def deployment(full_name: str) -> DeploymentSpec:
@@ -205,12 +232,12 @@ def deployment(full_name: str) -> DeploymentSpec:
 
 
 async def ensure_limits(client) -> None:
-    """Work pools (CPU and GPU), YouTube rate limit (slot decay) and GPU tag limit, created if missing."""
+    """Work pools (CPU and GPU), the YouTube rate limit (slot decay) and the GPU limit, created if missing."""
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, WorkPoolCreate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
     from emotionclip.core.catalog import load_catalog
-    from flows.tasks import GPU_LIMIT, GPU_TAG, YOUTUBE_RATE_LIMIT
+    from tasks.limits import GPU_LIMIT, YOUTUBE_RATE_LIMIT
 
     for pool in (WORK_POOL, GPU_WORK_POOL):
         try:
@@ -226,13 +253,9 @@ async def ensure_limits(client) -> None:
             name=YOUTUBE_RATE_LIMIT, limit=max(1, int(per_min)), slot_decay_per_second=per_min / 60.0))
     except ObjectAlreadyExists:
         pass
+    # The one GPU throttle: model stages take a slot only while they really run (tasks/limits.py).
     try:
-        await client.read_concurrency_limit_by_tag(GPU_TAG)
-    except ObjectNotFound:
-        await client.create_concurrency_limit(tag=GPU_TAG, concurrency_limit=GPU_TAG_LIMIT)
-    # The flow's model stages take a slot of this one, only when they really run (flows/tasks.py).
-    try:
-        await client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=GPU_LIMIT, limit=GPU_TAG_LIMIT))
+        await client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=GPU_LIMIT, limit=GPU_LIMIT_SLOTS))
     except ObjectAlreadyExists:
         pass
 

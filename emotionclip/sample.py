@@ -375,3 +375,19 @@ def ensure_sample_corpus(folder: str | Path, **kwargs: Any) -> Path:
             make_sample_corpus(folder, **kwargs)
             done.write_text(spec, encoding="utf-8")
     return folder
+
+
+def source_folder(catalog: Any, source: str, folder: str | None) -> str:
+    """The local folder a build imports for source `folder` (the user's) or `sample`
+    (the generated corpus, written on first use: under the data root when it is a
+    local folder, else in a local cache, since on an object store it is only the
+    import's source)."""
+    from emotionclip.core import io
+
+    if source == "sample":
+        default = Path(catalog.root) / "sample_corpus" if io.is_local(catalog.root) \
+            else io.local_cache_dir("sample_corpus")
+        return str(ensure_sample_corpus(folder or default))
+    if folder is None:
+        raise ValueError("source='folder' needs the `folder` parameter")
+    return str(folder)

@@ -1,49 +1,57 @@
 """build-tv-dataset: from YouTube (or a URL list, or a local folder) to the Parquet
 clip manifests that pre-training reads, growing one dataset run after run.
 
-    registry: adopt an older data root, apply the exclusions
-      -> acquire (search -> download | urls -> download | local folder),
-         plus the transient failures of earlier runs (up to stages.download.max_attempts)
-      -> per video, in batches of videos_per_batch (each a `process-videos` run, inline
-         or on any worker): words, frames, sentences, sentiment, humans, clips
-      -> filter + manifests over every done video of the registry -> dataset card
-      -> a row in the runs table; what this run added as result and artifact
+    start: adopt an older data root, apply the exclusion rules
+      -> search -> download (or: download a URL list, or: import a local folder),
+         plus the transient failures of earlier runs
+      -> per batch of videos_per_batch videos (a `process-videos` run, inline or on
+         any worker), one task run per stage over the batch:
+             words, frames -> sentences -> sentiment -> humans -> clips
+      -> manifests (filter + Parquet, over every done video) -> card
+      -> the run's row in the runs table; what it added as result and artifacts
 
-The video registry (`emotionclip.core.video_registry`, docs/design.md section 3)
-is the dataset across runs: a scheduled run searches past what is done, excluded or
-given up on, and the manifests hold every done video, not just this run's. Registry
-writes are batched, one per phase. Work is mapped per batch of videos, never per
-frame or per stage: a batch run loops its videos' stages in-process (a stage found
-up to date costs a few file reads), which keeps a 3,613-video run to ~150 task
-runs that the server records in full (bench/bench_scale.py). A video that fails at
-a stage is recorded (registry, `failures`, its batch's outcome table) and the
-others go on; the flow still completes.
+The rules (which downloads to retry, URL stand-ins, the registry records, the
+run's bookkeeping) live in the library (`emotionclip.stages.acquisition`,
+`.growth`, `.chain`), the tasks in `tasks/dataset.py`; this file composes them.
+Task runs grow with batches x stages, never with videos x stages, so a
+3,613-video run is recorded in full by the server (bench/bench_scale.py). A video
+that fails at a stage is recorded (registry, failures, its batch's outcome table)
+and drops out of the later stages; the others go on and the flow completes.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Literal, Optional
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.futures import PrefectFuture
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
 from emotionclip.core import io
 from emotionclip.core.catalog import Catalog, check_data_root, load_catalog
-from emotionclip.core.exclusions import load_exclusions
-from emotionclip.core.video_registry import VideoRegistry, kept_clips_per_video, now_iso, summarize, url_key
-from emotionclip.stages.download import is_transient_error
+from emotionclip.core.video_registry import VideoRegistry
+from emotionclip.sample import source_folder
+from emotionclip.stages import acquisition
+from emotionclip.stages.chain import StageOutcome, VideoResult, gates, unfinished, video_results
 from emotionclip.stages.growth import (
-    adopt_data_root, clips_now, growth_table, info_record, manifests_lock, record_results, videos_to_process,
+    finish_run, manifests_lock, record_manifests, record_results, restored_on_disk, stage_counts, start_run,
+    videos_to_process,
 )
-from emotionclip.stages.registry import VIDEO_STAGES
-from flows.tasks import dataset_card, download_task, import_local_folder, manifests, process_video_slice, search
+from tasks.dataset import VIDEO_STAGE_TASKS, card, download_task, import_folder, manifests, search
 
 Source = Literal["youtube", "urls", "folder", "sample"]
 RunnerKind = Literal["threads", "processes", "dask"]
+BatchRuns = Literal["inline", "deployment"]
+# 3,613 videos -> 73 batches x 6 stage tasks: few enough task runs for the server and
+# the UI, small enough that a failed batch run retries little work.
+VIDEOS_PER_BATCH = 50
+# Chains per batch when max_workers is not given: one, since the model stages and
+# ffmpeg already use every core (parallel videos only contended for them; bench/bench_scale.py).
+DEFAULT_SLICES = 1
+BATCH_DEPLOYMENT = "process-videos/batch"
+BATCH_RETRIES = 2  # a batch run (a lost worker, a full disk) retries by itself; its cached stages cost little
 
 
 def make_task_runner(kind: RunnerKind = "threads", max_workers: Optional[int] = None,
@@ -69,18 +77,7 @@ def make_task_runner(kind: RunnerKind = "threads", max_workers: Optional[int] = 
     raise ValueError(f"unknown task runner {kind!r}: threads, processes or dask")
 
 
-# -- the per-video work, in batches ----------------------------------------------------
-BatchRuns = Literal["inline", "deployment"]
-# 3,613 videos -> 73 batches: few enough runs for the server and the UI, small
-# enough that a failed batch run retries little work.
-VIDEOS_PER_BATCH = 50
-# Tasks per batch when max_workers is not given: one, since the model stages and
-# ffmpeg already use every core (parallel videos only contended for them; bench/bench_scale.py).
-DEFAULT_SLICES = 1
-BATCH_DEPLOYMENT = "process-videos/batch"
-BATCH_RETRIES = 2  # a batch run (a lost worker, a full disk) retries by itself; its cached stages cost little
-
-
+# -- one batch: a task run per stage -----------------------------------------------------
 def batch_name(i: int, n: int) -> str:
     """The run name of batch i (0-based) of n: batch-0001-of-0073."""
     return f"batch-{i + 1:04d}-of-{n:04d}"
@@ -105,18 +102,22 @@ def _slices(items: list[str], k: int) -> list[list[str]]:
     return out
 
 
-def _outcome_table(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per video: each stage's outcome (ran 1.2 s / cached / failed), the error."""
-    rows = []
-    for r in results:
-        row: dict[str, Any] = {"video_id": r["video_id"]}
-        for stage in VIDEO_STAGES:
-            o = r.get("outcomes", {}).get(stage)
-            row[stage] = "" if o is None else o["outcome"] if o["outcome"] == "cached" else \
-                f"{o['outcome']} {o['seconds']:.1f} s"
-        row["error"] = r.get("error", "")
-        rows.append(row)
-    return rows
+def submit_stages(catalog: Catalog, video_ids: list[str], name: str) -> dict[str, PrefectFuture]:
+    """The per-video stages over `video_ids`, one task run each, every stage wired to
+    the stages that gate it (words and frames side by side)."""
+    futures: dict[str, PrefectFuture] = {}
+    for stage, stage_task in VIDEO_STAGE_TASKS.items():
+        futures[stage] = stage_task.submit(catalog, video_ids, [futures[g] for g in gates(stage)], name)
+    return futures
+
+
+def _outcomes(future: PrefectFuture) -> list[StageOutcome] | BaseException:
+    """A stage task's outcomes, or why it has none (its process died; an upstream task did)."""
+    future.wait()
+    state = future.state
+    if state.is_completed():
+        return future.result()
+    return RuntimeError(f"{state.name}: {state.message or ''}".strip())
 
 
 def _results_path(catalog: Catalog, run_id: str, name: str) -> str:
@@ -136,12 +137,14 @@ def process_videos(
     slices: Optional[int] = None,
     results_path: Optional[str] = None,
 ) -> list[dict[str, Any]]:
-    """One batch of build-tv-dataset's videos: the per-video stages of each video,
-    in-process, in `slices` tasks (default 1). A stage found up to date costs a few
-    file reads and takes no GPU slot. Returns one record per video ({video_id, ok,
-    stages, outcomes: each stage ran / cached / failed, stage, error, transient on
-    failure}), also written to `results_path` when given (the parent run reads it
-    there when the batch ran on a worker), and shown as a table artifact.
+    """One batch of build-tv-dataset's videos: a task run per per-video stage over the
+    batch (words and frames side by side, then sentences, sentiment, humans, clips),
+    in `slices` parallel chains (default 1). A stage found up to date costs a few
+    file reads and takes no GPU slot; a video that fails drops out of the later
+    stages. Returns one record per video (`VideoResult.to_dict`: each stage ran /
+    cached / failed, and on failure the stage, error and whether it may heal), also
+    written to `results_path` when given (the parent reads it there when the batch
+    ran on a worker), and shown as a table artifact.
 
     Args:
         video_ids: The batch's videos (already downloaded or imported into the data root);
@@ -151,44 +154,29 @@ def process_videos(
         catalog_path: Catalog file (as the parent's).
         data_root: Data root (as the parent's).
         overrides: Catalog overrides (as the parent's).
-        slices: Tasks the batch is split into (parallel on the flow's task runner);
+        slices: Parallel chains the batch is split into (on the flow's task runner);
             default 1.
         results_path: Where to write the results (JSON) for the parent run.
     """
     logger = get_run_logger()
     catalog = load_catalog(catalog_path, profile=profile, data_root=data_root, overrides=overrides)
     parts = _slices(list(video_ids or []), slices or DEFAULT_SLICES) if video_ids else []
-    futures = [process_video_slice.submit(catalog, part, f"{batch_name}-part-{j + 1}-of-{len(parts)}")
-               for j, part in enumerate(parts)]
-    results: list[dict[str, Any]] = []
-    for part, fut in zip(parts, futures):
-        try:
-            results += fut.result()
-        except Exception as e:  # the slice's process died (a crash, out of memory): its videos failed
-            results += [{"video_id": v, "ok": False, "stage": "process-videos", "error": f"{type(e).__name__}: {e}",
-                         "transient": True, "stages": {}, "outcomes": {}} for v in part]
-    results.sort(key=lambda r: r["video_id"])
-    counts = {o: sum(1 for r in results for x in r.get("outcomes", {}).values() if x["outcome"] == o)
-              for o in ("ran", "cached", "failed")}
-    for r in results:
-        if not r["ok"]:
-            logger.warning("video %s FAILED at %s: %s", r["video_id"], r["stage"], r["error"])
-    logger.info("%s: %d videos, %d ok; stages ran %d, cached %d, failed %d", batch_name, len(results),
-                sum(r["ok"] for r in results), counts["ran"], counts["cached"], counts["failed"])
+    names = [batch_name if len(parts) == 1 else f"{batch_name}-part-{j + 1}-of-{len(parts)}"
+             for j in range(len(parts))]
+    chains = [submit_stages(catalog, part, name) for part, name in zip(parts, names)]
+    results: list[VideoResult] = []
+    for part, futures in zip(parts, chains):
+        results += video_results(part, {stage: _outcomes(f) for stage, f in futures.items()})
+    results.sort(key=lambda r: r.video_id)
+    logger.info("%s: %d videos, %d ok", batch_name, len(results), sum(r.ok for r in results))
     if results:
-        create_table_artifact(table=_outcome_table(results),
+        create_table_artifact(table=[r.table_row() for r in results],
                               description=f"{batch_name}: per video, each stage's outcome (ran with its "
                                           "seconds / cached: up to date from its stage marker / failed)")
+    records = [r.to_dict() for r in results]
     if results_path:
-        io.atomic_write_json(results_path, results)
-    return results
-
-
-def _failed_batch(video_ids: list[str], name: str, why: str) -> list[dict[str, Any]]:
-    """The records of a batch that never reported: its videos failed (transient: the
-    next run finds the stages it finished up to date and retries the rest)."""
-    return [{"video_id": v, "ok": False, "stage": "process-videos", "error": f"batch run {name} {why}",
-             "transient": True, "stages": {}, "outcomes": {}} for v in video_ids]
+        io.atomic_write_json(results_path, records)
+    return records
 
 
 def _wait_for_flow_runs(ids: list[Any], poll_s: float = 2.0) -> dict[Any, Any]:
@@ -218,32 +206,29 @@ def _wait_for_flow_runs(ids: list[Any], poll_s: float = 2.0) -> dict[Any, Any]:
 
 def _process(catalog: Catalog, video_ids: list[str], spec: dict[str, Any], *, run_id: str, videos_per_batch: int,
              batch_runs: BatchRuns, task_runner: Optional[RunnerKind], max_workers: Optional[int],
-             dask_address: Optional[str]) -> tuple[list[dict[str, Any]], int]:
+             dask_address: Optional[str]) -> list[VideoResult]:
     """The per-video work of a run, batch by batch: inline (each batch a subflow of
     this run, on the chosen task runner) or as runs of the `process-videos/batch`
-    deployment that any worker of the pool picks up. Returns the per-video records
-    and how many task runs this took (each slice one; each batch run one more: the
-    parent's link to its subflow or deployment run)."""
+    deployment that any worker of the pool picks up."""
     logger = get_run_logger()
     batches = split(video_ids, videos_per_batch)
     names = [batch_name(i, len(batches)) for i in range(len(batches))]
     slices = max_workers or DEFAULT_SLICES
-    n_tasks = sum(min(slices, len(b)) for b in batches)
     if not batches:
-        return [], 0
+        return []
     progress_id = create_progress_artifact(progress=0.0, description="batches of videos processed (%)")
-    results: list[dict[str, Any]] = []
+    results: list[VideoResult] = []
     if batch_runs == "inline":
         for i, (name, batch) in enumerate(zip(names, batches), start=1):
             runner = make_task_runner(task_runner or "threads", max_workers, dask_address)
             state = process_videos.with_options(task_runner=runner)(
                 batch, batch_name=name, slices=slices, return_state=True, **spec)
             try:
-                results += state.result()
+                results += [VideoResult.from_dict(d) for d in state.result()]
             except Exception as e:  # failed after its retries: recorded, the other batches go on
-                results += _failed_batch(batch, name, f"failed: {e}")
+                results += unfinished(batch, "process-videos", f"batch run {name} failed: {e}")
             update_progress_artifact(progress_id, progress=100.0 * i / len(batches))
-        return results, n_tasks + len(batches)
+        return results
     if batch_runs != "deployment":
         raise ValueError(f"unknown batch_runs {batch_runs!r}: inline or deployment")
     import os
@@ -265,120 +250,48 @@ def _process(catalog: Catalog, video_ids: list[str], spec: dict[str, Any], *, ru
     for i, (name, batch, path, run) in enumerate(zip(names, batches, paths, runs), start=1):
         state = states[run.id]
         if state.is_completed() and io.exists(path):
-            results += io.read_json(path)
+            results += [VideoResult.from_dict(d) for d in io.read_json(path)]
         else:
-            results += _failed_batch(batch, name, f"ended {state.name}: {state.message or ''}".strip())
+            results += unfinished(batch, "process-videos",
+                                  f"batch run {name} ended {state.name}: {state.message or ''}".strip())
         update_progress_artifact(progress_id, progress=100.0 * i / len(batches))
     io.remove(paths[0].rsplit("/", 1)[0], recursive=True)  # read: the parent records them
-    return results, n_tasks + len(runs)
+    return results
 
 
-# -- the registry's side of a run ------------------------------------------------------
+# -- acquisition: tasks composed, rules in emotionclip.stages.acquisition ---------------
 def _run_id() -> str:
     from prefect.runtime import flow_run
 
     return str(flow_run.id or "cli")
 
 
-@dataclass
-class Acquired:
-    """What acquisition produced: ids ready for processing, failures
-    ({video_id, stage, error, transient}), how many jobs were earlier runs' retries."""
-
-    video_ids: list[str] = field(default_factory=list)
-    failures: list[dict[str, Any]] = field(default_factory=list)
-    retried: int = 0
-    task_runs: int = 0  # the tasks acquisition ran (import, search, one per download)
-
-
 def _acquire(catalog: Catalog, registry: VideoRegistry, source: Source, urls: list[str], folder: Optional[str],
              run_id: str, *, retry_failed: bool, limit: Optional[int],
-             reason_of: Callable[[str, Optional[str]], Optional[str]]) -> Acquired:
-    """Search + download, a URL list, or a local folder; registered in two batches
-    (the candidates before downloading, the outcomes after)."""
+             reason_of: acquisition.ExclusionRule) -> acquisition.Acquired:
+    """import | search -> download | download a URL list; registered in one write per phase."""
     max_attempts = catalog.stages.download.max_attempts
-    skip = registry.skip_ids(max_attempts, retry_failed)
-    rows = registry.read().set_index("video_id", drop=False)
-    out = Acquired()
     if source in ("folder", "sample"):
-        if source == "sample":
-            from emotionclip.sample import ensure_sample_corpus
-
-            # generated locally: on an object-store root it is only the import's source
-            default = Path(catalog.root) / "sample_corpus" if io.is_local(catalog.root) \
-                else io.local_cache_dir("sample_corpus")
-            folder = str(ensure_sample_corpus(folder or default))
-        if folder is None:
-            raise ValueError("source='folder' needs the `folder` parameter")
-        imported = import_local_folder(catalog, folder)
+        imported = import_folder(catalog, source_folder(catalog, source, folder))
+        out = acquisition.record_import(catalog, registry, imported, run_id, reason_of)
         out.task_runs = 1
-        out.video_ids = list(imported.video_ids)
-        out.failures = [{**f, "transient": False} for f in imported.failures]  # a bad file stays bad
-        with registry.batch() as b:
-            b.register([info_record(catalog, v) for v in out.video_ids], run_id)
-            for f in out.failures:
-                b.register([{"video_id": f["video_id"], "source": "local"}], run_id)
-                b.mark_failed(f["video_id"], f["stage"], f["error"], False, run_id)
-            b.apply_exclusions(reason_of)
         return out
-
-    jobs: list[dict[str, str]] = []
     if source == "youtube":
-        candidates = search(catalog, known=skip)
-        jobs = [{"video_id": c["id"]} for c in candidates]
-        registry.register([{"video_id": c["id"], "title": c.get("title"), "channel": c.get("channel"),
-                            "url": c.get("url"), "query": c.get("query") or "", "source": "youtube"}
-                           for c in candidates], run_id)
+        candidates = search(catalog, known=registry.skip_ids(max_attempts, retry_failed))
+        jobs = acquisition.record_candidates(registry, candidates, run_id)
     elif source == "urls":
         if not urls:
             raise ValueError("source='urls' needs the `urls` parameter")
-        # A URL whose video the registry knows as done, excluded or given up on costs no request.
-        skip_urls = set(rows.loc[rows["video_id"].isin(skip), "url"])
-        jobs = [{"url": u} for u in dict.fromkeys(urls) if u not in skip_urls and url_key(u) not in skip]
+        jobs = acquisition.url_jobs(registry, urls, retry_failed=retry_failed, max_attempts=max_attempts)
     else:
         raise ValueError(f"unknown source {source!r}")
-
-    # Download failures of earlier runs that may heal (all of them with retry_failed) go first.
-    queued = {j.get("video_id") or j.get("url") for j in jobs}
-    retries = []
-    for vid in registry.retry_ids(max_attempts, retry_failed):
-        row = rows.loc[vid]
-        if row["failed_stage"] != "download":
-            continue  # downloaded already: processing retries it (videos_to_process)
-        if row["source"] == "youtube" and vid not in queued:
-            retries.append({"video_id": vid})
-        elif row["source"] == "url" and row["url"] and row["url"] not in queued:
-            retries.append({"url": row["url"]})
-    out.retried = len(retries)
-    jobs = retries + jobs
-    if limit is not None:
-        jobs = jobs[:max(limit, 0)]
-
+    jobs, retried = acquisition.plan_downloads(catalog, registry, jobs, retry_failed=retry_failed, limit=limit)
     dl = download_task(catalog)
-    futures = [dl.submit(catalog, **job) for job in jobs]
-    out.task_runs = len(jobs) + (source == "youtube")
-    ok: list[tuple[dict[str, str], str]] = []
-    for job, fut in zip(jobs, futures):
-        try:
-            vid = fut.result().get("video_id")
-        except Exception as e:  # recorded; the other videos go on
-            vid = getattr(e, "video_id", None) or job.get("video_id") or url_key(job["url"])
-            out.failures.append({"video_id": vid, "stage": "download", "error": str(e),
-                                 "transient": is_transient_error(e), "url": job.get("url", "")})
-            continue
-        if vid:  # None: yt-dlp skipped an archived URL before naming its video
-            ok.append((job, vid))
-    with registry.batch() as b:
-        for job, vid in ok:
-            if job.get("url") and url_key(job["url"]) != vid:
-                b.forget(url_key(job["url"]))  # the stand-in of an earlier failure: the real id is known now
-            b.register([info_record(catalog, vid)], run_id)
-        for f in out.failures:
-            b.register([{"video_id": f["video_id"], "url": f["url"] or None,
-                         "source": "url" if f["url"] else "youtube"}], run_id)
-            b.mark_failed(f["video_id"], "download", f["error"], f["transient"], run_id)
-        b.apply_exclusions(reason_of)  # titles are known now
-    out.video_ids = list(dict.fromkeys(vid for _, vid in ok))
+    futures = [dl.submit(catalog, video_id=job.video_id, url=job.url) for job in jobs]
+    out = acquisition.record_downloads(catalog, registry,
+                                       [(job, f.result(raise_on_failure=False)) for job, f in zip(jobs, futures)],
+                                       run_id, reason_of)
+    out.retried, out.task_runs = retried, len(jobs) + (source == "youtube")
     return out
 
 
@@ -423,9 +336,9 @@ def build_tv_dataset(
             default: the catalog's data_root.
         overrides: Dotted catalog keys for this run, e.g. {"stages.filter.max_neutral": 0.3}.
         task_runner: How the per-video work runs: threads (default), processes or dask.
-        max_workers: Parallel tasks per batch, each a slice of its videos (threads,
-            processes or local Dask workers); default 1: the model stages and ffmpeg
-            already use every core.
+        max_workers: Parallel chains per batch, each a slice of its videos with a task
+            per stage (threads, processes or local Dask workers); default 1: the model
+            stages and ffmpeg already use every core.
         dask_address: Address of an existing Dask scheduler (tcp://host:8786) for
             task_runner dask; empty: a local cluster.
         force_manifests: Write the manifests even when they would shrink by more than
@@ -435,8 +348,8 @@ def build_tv_dataset(
         retry_failed: Also retry the videos that failed permanently or ran out of attempts
             (`stages.download.max_attempts`).
         videos_per_batch: Videos per batch run (`process-videos`, named batch-0001-of-0073);
-            each batch runs its videos' stages in max_workers tasks (default 1), a stage
-            found up to date in a few file reads. Default 50.
+            each batch runs one task per stage over its videos (words-batch-0001-of-0073,
+            ...), a stage found up to date in a few file reads. Default 50.
         batch_runs: inline (default): each batch is a subflow of this run, on task_runner;
             deployment: each batch is a run of the process-videos/batch deployment that
             any worker of the work pool picks up (several machines on a shared data root),
@@ -456,112 +369,65 @@ def build_tv_dataset(
     if videos_per_batch < 1:
         raise ValueError(f"videos_per_batch must be >= 1, got {videos_per_batch}")
     spec = {"profile": profile, "catalog_path": catalog_path, "data_root": data_root, "overrides": extra}
+    batching = {"videos_per_batch": videos_per_batch, "batch_runs": batch_runs, "task_runner": task_runner,
+                "max_workers": max_workers, "dask_address": dask_address}
 
-    started, run_id = now_iso(), _run_id()
-    batching = {"run_id": run_id, "videos_per_batch": videos_per_batch, "batch_runs": batch_runs,
-                "task_runner": task_runner, "max_workers": max_workers, "dask_address": dask_address}
     registry = VideoRegistry(catalog)
-    adopted = adopt_data_root(catalog, registry)
-    if adopted:
-        logger.info("adopted %d videos of a data root built before the video registry", len(adopted))
-    before = registry.counts()  # the dataset as this run found it
-    reason_of = load_exclusions(catalog).reason
-    with registry.batch() as b:  # exclusion rules added or deleted since the last run
-        newly_excluded, restored = b.apply_exclusions(reason_of)
-    before_df = registry.read()
-    done_before = set(before_df.loc[before_df["status"] == "done", "video_id"])
-    clips_before = clips_now(catalog)
-
-    reached = target_videos is not None and len(done_before) >= target_videos
-    limit = None if target_videos is None else target_videos - len(done_before)
-    acquired, results, stale, task_runs = Acquired(), [], 0, 0
+    start = start_run(catalog, registry, _run_id())
+    if start.adopted:
+        logger.info("adopted %d videos of a data root built before the video registry", len(start.adopted))
+    reached = target_videos is not None and len(start.done_before) >= target_videos
+    acquired, stale = acquisition.Acquired(), 0
     if reached:
-        logger.info("target_videos=%d reached (%d done): nothing to fetch", target_videos, len(done_before))
-        if restored:  # no longer excluded: back in the manifests, target or not
-            results, task_runs = _process(catalog, [v for v in restored if io.exists(catalog.artifact("info", v))],
-                                          spec, **batching)
-            record_results(registry, results, run_id)
+        logger.info("target_videos=%d reached (%d done): nothing to fetch", target_videos, len(start.done_before))
+        video_ids = restored_on_disk(catalog, start)  # no longer excluded: back in the manifests, target or not
     else:
-        acquired = _acquire(catalog, registry, source, urls or [], folder, run_id, retry_failed=retry_failed,
-                            limit=limit, reason_of=reason_of)
+        limit = None if target_videos is None else target_videos - len(start.done_before)
+        acquired = _acquire(catalog, registry, source, urls or [], folder, start.run_id, retry_failed=retry_failed,
+                            limit=limit, reason_of=start.reason_of)
         if max_videos:
             acquired.video_ids = acquired.video_ids[:max_videos]
-        video_ids, stale = videos_to_process(catalog, registry, acquired.video_ids, retry_failed=retry_failed, limit=limit)
+        video_ids, stale = videos_to_process(catalog, registry, acquired.video_ids, retry_failed=retry_failed,
+                                             limit=limit)
         logger.info("%d videos to process (%d done ones gone stale), %d failed to download", len(video_ids), stale,
                     len(acquired.failures))
-        results, task_runs = _process(catalog, video_ids, spec, **batching)
-        record_results(registry, results, run_id)
+    results = _process(catalog, video_ids, spec, run_id=start.run_id, **batching)
+    record_results(registry, results, start.run_id)
 
-    failures = [{"video_id": f["video_id"], "stage": f["stage"], "error": f["error"]} for f in acquired.failures]
-    failures += [{"video_id": r["video_id"], "stage": r["stage"], "error": r["error"]} for r in results if not r["ok"]]
+    failures = [f.record() for f in acquired.failures]
+    failures += [{"video_id": r.video_id, "stage": r.stage, "error": r.error} for r in results if not r.ok]
     summary: dict[str, Any] = {}
-    card_path = None
-    if not reached or newly_excluded or restored:
+    if not reached or start.newly_excluded or start.restored:
         with manifests_lock(catalog):
             # Every done video of the registry, not just this run's: a run over part of
             # the videos (max_videos, a new folder) must not replace the manifests with that part.
             summary = manifests(catalog, registry.done_ids(), failures, force=force_manifests)
-            per_video = kept_clips_per_video(catalog.artifact("manifests"))
-            with registry.batch() as b:
-                b.set_clips(per_video)
-
-    after_df = registry.read()
-    after = summarize(after_df)
-    clips_total = clips_now(catalog)
-    videos_added = int(((after_df["status"] == "done") & ~after_df["video_id"].isin(done_before)).sum())
-    clips_added = clips_total - clips_before
-    registry.append_run({
-        "run_id": run_id, "started": started, "finished": now_iso(), "source": source,
-        "videos_added": videos_added, "videos_done": after["done"], "videos_failed": after["failed"],
-        "videos_excluded": after["excluded"], "clips_added": clips_added, "clips_total": clips_total,
-    })
+            record_manifests(catalog, registry)
+    result, growth = finish_run(catalog, registry, start, source=source, acquired=acquired, results=results,
+                                stale=stale, manifests_summary=summary, target_videos=target_videos)
+    card_path = None
     if summary:  # after the run's row: the card's "Latest run" and growth plot include this run
         with manifests_lock(catalog):
-            card_path = dataset_card(catalog, summary)
+            card_path = card(catalog, summary)
 
     if results:
-        outcome = [r.get("outcomes", {}) for r in results]
-        stage_counts = [
-            {"stage": stage, "videos_done": sum(1 for r in results if stage in r["stages"]),
-             "skipped_up_to_date": sum(1 for r in results if r["stages"].get(stage, {}).get("skipped")),
-             "failed": sum(1 for o in outcome if o.get(stage, {}).get("outcome") == "failed")}
-            for stage in VIDEO_STAGES
-        ]
-        create_table_artifact(table=stage_counts, key="build-tv-dataset-stages",
+        create_table_artifact(table=stage_counts(results), key="build-tv-dataset-stages",
                               description="Per-stage counts (per video: each batch run's table)")
     if failures:
         create_table_artifact(table=failures, key="build-tv-dataset-failures", description="Videos that failed")
-    create_table_artifact(table=growth_table(before, after, videos_added, clips_added), key="build-tv-dataset-growth",
-                          description=f"The dataset after run {run_id}: videos per status (change in this run, "
-                                      "reasons) and kept clips")
-    result = {
-        **{k: v for k, v in summary.items() if isinstance(v, (int, float, str))},
-        "videos": len(acquired.video_ids) + sum(1 for f in failures if f["stage"] == "download"),
-        "processed": sum(1 for r in results if r["ok"]),
-        "failures": len(failures),
+    create_table_artifact(table=growth, key="build-tv-dataset-growth",
+                          description=f"The dataset after run {start.run_id}: videos per status (change in this "
+                                      "run, reasons) and kept clips")
+    n_batches = -(-len(results) // videos_per_batch) if results else 0
+    stage_tasks = len(VIDEO_STAGE_TASKS) * sum(min(max_workers or DEFAULT_SLICES, len(b))
+                                               for b in split([r.video_id for r in results], videos_per_batch))
+    result.update({
         "card": card_path,
-        "run_id": run_id,
-        "videos_added": videos_added,
-        "clips_added": clips_added,
-        "videos_done": after["done"],
-        "videos_failed": after["failed"],
-        "videos_excluded": after["excluded"],
-        "videos_pending": after["pending"],
-        "clips_total": clips_total,
-        "failed_reasons": after["failed_reasons"],
-        "excluded_reasons": after["excluded_reasons"],
-        "retried": acquired.retried,
-        "stale_reprocessed": stale,
-        "adopted": len(adopted),
-        "target_reached": bool(target_videos is not None and after["done"] >= target_videos),
-        # Per stage, how many videos ran it rather than finding it up to date.
-        "stage_runs": {s: sum(1 for r in results if s in r["stages"] and not r["stages"][s].get("skipped"))
-                       for s in VIDEO_STAGES},
-        # Task runs this run made (acquisition, batch slices, manifests, card): what the
-        # server should record (bench/bench_scale.py checks it did).
-        "task_runs": acquired.task_runs + task_runs + bool(summary) + bool(card_path),
-        "batches": -(-len(results) // videos_per_batch) if results else 0,
-    }
+        "batches": n_batches,
+        # Task runs this run made (acquisition, a task per stage and batch chain, the
+        # batch runs' links, manifests, card): what the server should record (bench/bench_scale.py).
+        "task_runs": acquired.task_runs + stage_tasks + n_batches + bool(summary) + bool(card_path),
+    })
     logger.info("done: %s", json.dumps(result, default=str))
     return result
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("emotionclip", "flows", "deployments")
+PACKAGES = ("emotionclip", "tasks", "flows", "deployments")
 
 # package -> the packages of emotionclip it may import (besides itself)
 ALLOWED: dict[str, set[str]] = {
@@ -113,7 +113,7 @@ def test_the_library_never_imports_prefect():
         for node in ast.walk(ast.parse(p.read_text())):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-            if any(n == "prefect" or n.startswith(("prefect.", "flows", "deployments")) for n in names):
+            if any(n == "prefect" or n.startswith(("prefect.", "tasks", "flows", "deployments")) for n in names):
                 offenders.append(str(p.relative_to(REPO)))
     assert not offenders, offenders
 
@@ -123,15 +123,46 @@ def test_one_stage_list_makes_the_tasks_the_flow_and_the_cli():
 
     from emotionclip.cli.stage import app as stage_app
     from emotionclip.stages.registry import STAGES, VIDEO_STAGES
-    from flows.tasks import PER_VIDEO_TASKS, TASKS
+    from tasks.dataset import TASKS, VIDEO_STAGE_TASKS
 
     assert list(STAGES) == ["search", "download", "words", "frames", "sentences", "sentiment", "humans", "clips",
                             "manifests", "card"]
     assert all(callable(s.run) for s in STAGES.values())
-    assert set(TASKS) == set(STAGES)
-    assert [t.name for t in PER_VIDEO_TASKS] == list(VIDEO_STAGES)
+    assert set(TASKS) == set(STAGES) | {"import"}  # import: the download stage's local-folder form
+    assert [t.name for t in VIDEO_STAGE_TASKS.values()] == list(VIDEO_STAGES)
     commands = get_command(stage_app).commands
     assert set(commands) == set(STAGES)
     for name, stage in STAGES.items():
         assert commands[name].help == stage.help, name
         assert TASKS[name].description == stage.help, name
+
+
+def _decorated(path: Path, decorator: str) -> list[str]:
+    """Functions of `path` decorated with `decorator` (called or not) or made by calling it."""
+    out, decorators = [], set()
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for d in node.decorator_list:
+                decorators.add(id(d))
+                target = d.func if isinstance(d, ast.Call) else d
+                if isinstance(target, ast.Name) and target.id == decorator:
+                    out.append(node.name)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and id(node) not in decorators and isinstance(node.func, ast.Name) \
+                and node.func.id == decorator:
+            out.append(f"{decorator}(...) call")
+    return out
+
+
+def test_every_task_is_made_in_tasks_and_flows_only_compose():
+    """tasks/ holds every Prefect task; flows/ and deployments/ define none; tasks/
+    imports the library and never the flows."""
+    elsewhere = {str(p.relative_to(REPO)): _decorated(p, "task")
+                 for pkg in ("flows", "deployments", "emotionclip") for p in (REPO / pkg).rglob("*.py")}
+    assert not {k: v for k, v in elsewhere.items() if v}
+    assert any(_decorated(p, "task") for p in (REPO / "tasks").rglob("*.py"))
+    mods = _modules()
+    for name, path in mods.items():
+        if name.startswith("tasks"):
+            assert not {m for m in _imports(path, mods) if m.startswith(("flows", "deployments"))}, name

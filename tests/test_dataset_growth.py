@@ -356,7 +356,8 @@ def test_two_concurrent_runs_on_one_data_root_keep_the_registry_consistent(corpu
 def test_a_data_root_built_before_the_registry_is_adopted(corpus, tmp_path):
     from emotionclip.stages.download import import_local_folder
     from emotionclip.stages.manifests import build_manifests
-    from emotionclip.stages.registry import done_video_ids, run_video
+    from emotionclip.stages.registry import done_video_ids
+    from emotionclip.stages.chain import run_video
 
     root = tmp_path / "data"
     cat = catalog(root)
@@ -462,7 +463,7 @@ def test_per_video_failures_are_permanent_unless_clearly_transient():
     import errno
 
     from emotionclip.core.errors import StageError
-    from flows.tasks import is_transient_stage_failure
+    from emotionclip.stages.download import is_transient_error as is_transient_stage_failure  # the one classifier
 
     def wrapped(cause: BaseException) -> StageError:
         try:

@@ -65,14 +65,45 @@ def _client_call(server, coro_fn):
     return asyncio.run(main())
 
 
-def _run_deployment(server, name="build-tv-dataset/sample-tiny", params: dict | None = None) -> str:
+def _run_deployment(server, name="build-tv-dataset/sample-tiny", params: dict | None = None,
+                    expect_ok: bool = True) -> str:
     args = ["deployment", "run", name, "--watch", "--watch-timeout", "800"]
     for k, v in (params or {}).items():
         args += ["--param", f"{k}={json.dumps(v)}"]
     out = _prefect(server, *args)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "Completed" in out.stdout, out.stdout[-2000:]
+    if expect_ok:
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        assert "Completed" in out.stdout, out.stdout[-2000:]
     return out.stdout
+
+
+def _flow_run_id(stdout: str) -> str:
+    """The id `prefect deployment run` printed for the run it created."""
+    import re
+
+    return re.search(r"UUID:\s*([0-9a-f-]{36})", stdout).group(1)
+
+
+def _runs_under(server, run_id: str):
+    """The flow run `run_id`, its subflow and child deployment runs (recursively), and
+    the task runs of all of them."""
+    from uuid import UUID
+
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId, TaskRunFilter
+    from prefect.client.schemas.filters import TaskRunFilterFlowRunId
+
+    async def fn(client):
+        runs, todo = [await client.read_flow_run(UUID(run_id))], [UUID(run_id)]
+        while todo:
+            children = await client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=todo)))
+            runs += children
+            todo = [c.id for c in children]
+        tasks = await client.read_task_runs(task_run_filter=TaskRunFilter(
+            flow_run_id=TaskRunFilterFlowRunId(any_=[r.id for r in runs])), limit=1000)
+        return runs, tasks
+
+    return _client_call(server, fn)
 
 
 def _manifest(root: Path) -> pd.DataFrame:
@@ -106,7 +137,7 @@ def reference(server) -> pd.DataFrame:
 def small_reference(server) -> pd.DataFrame:
     """An uninterrupted run of the sample deployment on the 3-video corpus."""
     root = server["data"] / "small-reference"
-    _run_deployment(server, params={**server["small"], "data_root": str(root)})
+    server["small_run_id"] = _flow_run_id(_run_deployment(server, params={**server["small"], "data_root": str(root)}))
     return _manifest(root)
 
 
@@ -140,6 +171,35 @@ def test_sample_deployment_runs_and_second_run_is_cached(server, reference):
     stages = ("words", "frames", "sentences", "sentiment", "humans", "clips")
     assert len(rows) == 8 and all(row[s] == "cached" for row in rows for s in stages), rows
     pd.testing.assert_frame_equal(first, _manifest(root))
+
+
+def test_every_stage_is_its_own_task_run_made_in_tasks(server, small_reference):
+    """A build of 3 sample videos: each of words, frames, sentences, sentiment, humans,
+    clips (once per batch, over its videos), manifests and card is its own task run of a
+    task made in tasks/; the graph's edges follow the chain (words, frames -> sentences
+    -> sentiment -> humans -> clips)."""
+    from tasks.dataset import TASKS
+
+    runs, task_runs = _runs_under(server, server["small_run_id"])
+    assert [r.name for r in runs[1:]] == ["batch-0001-of-0001"]
+    by_name = {t.name: t for t in task_runs}
+    stages = ("words", "frames", "sentences", "sentiment", "humans", "clips")
+    for stage in stages:
+        t = by_name[f"{stage}-batch-0001-of-0001"]
+        assert t.state.is_completed() and t.task_key == TASKS[stage].task_key, (stage, t.task_key)
+    for name in ("import", "manifests", "card"):
+        [t] = [t for t in task_runs if t.task_key == TASKS[name].task_key]
+        assert t.state.is_completed(), name
+    assert len(task_runs) == len(stages) + 3 + 1, sorted(by_name)  # + the link to the batch subflow
+
+    def upstream(stage):
+        ids = {i.id for inputs in by_name[f"{stage}-batch-0001-of-0001"].task_inputs.values() for i in inputs
+               if getattr(i, "input_type", "") == "task_run"}
+        return {t.name.split("-batch")[0] for t in task_runs if t.id in ids}
+
+    assert upstream("words") == upstream("frames") == set()
+    assert upstream("sentences") == {"words", "frames"}
+    assert [upstream(s) for s in ("sentiment", "humans", "clips")] == [{"sentences"}, {"sentiment"}, {"humans"}]
 
 
 def test_schedules_pause_resume_and_run_with_parameters(server):
@@ -274,39 +334,56 @@ def test_corrupt_video_is_recorded_and_others_complete(server, tmp_path):
     assert len(kept) > 0
 
 
-def test_demo_chain_pretrain_tiny_then_linear_probe_sample(server, reference, tmp_path):
-    """`make demo`'s chain on the server, after the reference run of sample-tiny:
-    pretrain/tiny trains a few steps on those manifests, then linear-probe/sample writes the
-    miniature benchmarks into the data root and probes the checkpoint pretrain/tiny wrote
-    (found through `checkpoint_from_run`, pointed here at this test's run folder; without a
-    checkpoint the profile's model is probed, tests/test_eval_sample.py)."""
-    from deployments.definitions import DEMO_CHAIN, deployment
+def _steps(runs, task_runs):
+    """The step runs of a build-train-evaluate run (runs[0]), linked to it through its
+    task runs, in start order."""
+    links = {t.id for t in task_runs if t.flow_run_id == runs[0].id}
+    return sorted((r for r in runs if r.parent_task_run_id in links), key=lambda r: r.start_time)
+
+
+def test_demo_is_one_run_that_builds_trains_and_evaluates(server, reference, tmp_path):
+    """`make demo`'s one run, build-train-evaluate/sample, on the server after the reference
+    build: sample-tiny (up to date), pretrain/tiny on its manifests, linear-probe/sample on
+    the checkpoint pretrain wrote; three runs linked to it, in that order, each Completed."""
+    from deployments.definitions import DEMO, DEMO_CHAIN
     from emotionclip.evaluation.sample import DATASETS, is_sample
     from emotionclip.training.checkpoint import latest_checkpoint
 
-    assert set(DEMO_CHAIN) <= set(server["names"])
-    # "the newest pretrain/tiny checkpoint": the folder pretrain/tiny writes to
-    assert (deployment("linear-probe/sample").parameters["checkpoint_from_run"]
-            == deployment("pretrain/tiny").parameters["out_dir"])
+    assert DEMO in server["names"] and set(DEMO_CHAIN) <= set(server["names"])
 
     async def schemas(client):
-        return [(await client.read_deployment_by_name(n)).parameter_openapi_schema for n in DEMO_CHAIN]
+        return [(await client.read_deployment_by_name(n)).parameter_openapi_schema for n in (DEMO, *DEMO_CHAIN)]
 
     # the UI's "Custom run" form: every parameter described (from the flows' docstrings)
     for schema in _client_call(server, schemas):
         assert all(p.get("description") for p in schema["properties"].values()), schema["properties"]
 
-    run = tmp_path / "pretrain-tiny"
-    _run_deployment(server, "pretrain/tiny", params={"out_dir": str(run)})
+    run, out = tmp_path / "pretrain-tiny", tmp_path / "probe"
+    stdout = _run_deployment(server, DEMO, params={"pretrain": {"out_dir": str(run)}, "probe": {"out_dir": str(out)}})
+    runs, task_runs = _runs_under(server, _flow_run_id(stdout))
+    steps = _steps(runs, task_runs)
+    assert len(steps) == 3 and all(r.state.is_completed() for r in steps), [(r.name, r.state) for r in steps]
+    assert [r.parameters.get("out_dir") for r in steps[1:]] == [str(run), str(out)]
+    assert steps[1].parameters["manifests"] == str(server["data"] / "main" / "manifests")
+    assert runs[0].state.is_completed() and "trained" in runs[0].state.message, runs[0].state
     ckpt = latest_checkpoint(run)
     assert ckpt, list(run.rglob("*"))
-    out = tmp_path / "probe"
-    _run_deployment(server, "linear-probe/sample", params={"out_dir": str(out), "checkpoint_from_run": str(run)})
     assert all(is_sample(server["data"] / "main" / "eval-samples" / d) for d in DATASETS)
     df = pd.read_parquet(out / "results.parquet")
     assert set(df.dataset) == set(DATASETS)
     assert set(df.model) == {Path(ckpt).name} and df["value"].notna().all()
-    assert (out / "results.md").exists()
+
+
+def test_a_failed_step_stops_the_demo_with_its_reason(server, reference, tmp_path):
+    from deployments.definitions import DEMO
+
+    missing = tmp_path / "no-manifests-here"
+    stdout = _run_deployment(server, DEMO, params={"pretrain": {"manifests": str(missing),
+                                                                "out_dir": str(tmp_path / "run")}}, expect_ok=False)
+    runs, task_runs = _runs_under(server, _flow_run_id(stdout))
+    parent = runs[0]
+    assert parent.state.is_failed() and "stopped at pretrain" in parent.state.message, parent.state
+    assert [r.state.name for r in _steps(runs, task_runs)] == ["Completed", "Failed"]  # no probe run
 
 
 def test_ablation_tiny_deployment_trains_and_compares_two_variants(server, reference, tmp_path):

@@ -15,7 +15,7 @@ from prefect.flows import load_flow_from_entrypoint
 from prefect.utilities.callables import parameter_docstrings
 from prefect.utilities.schema_tools.validation import validate
 
-from deployments.definitions import DEMO_CHAIN, DEPLOYMENTS, FLOW_NAMES, GPU_WORK_POOL, WORK_POOL, deployment
+from deployments.definitions import DEMO, DEMO_CHAIN, DEPLOYMENTS, FLOW_NAMES, GPU_WORK_POOL, WORK_POOL, deployment
 from emotionclip.core.catalog import REPO_ROOT
 
 ENTRYPOINTS = sorted({s.flow_entrypoint for s in DEPLOYMENTS})
@@ -65,7 +65,8 @@ def test_the_deployments_and_their_pools():
     assert sorted(s.full_name for s in DEPLOYMENTS) == sorted([
         "build-tv-dataset/youtube-paper", "build-tv-dataset/sample-tiny", "process-videos/batch",
         "pretrain/paper", "pretrain/tiny",
-        "linear-probe/paper", "linear-probe/sample", "ablation/tiny"])
+        "linear-probe/paper", "linear-probe/sample", "ablation/tiny",
+        "build-train-evaluate/sample", "build-train-evaluate/paper"])
     assert {s.full_name for s in DEPLOYMENTS if s.work_pool == GPU_WORK_POOL} == {"pretrain/paper"}
     assert {s.work_pool for s in DEPLOYMENTS} == {WORK_POOL, GPU_WORK_POOL}
     paper = deployment("pretrain/paper").parameters
@@ -75,13 +76,19 @@ def test_the_deployments_and_their_pools():
     assert "overrides" not in tiny and tiny["profile"] == "tiny" and tiny["max_steps"] >= 1
 
 
-def test_make_demo_runs_the_demo_chain_in_order():
-    """The Makefile's demo target runs DEMO_CHAIN's deployments, each on the sample data of
-    the one before (pretrain/tiny on sample-tiny's manifests, the probe on its checkpoint)."""
+def test_make_demo_starts_one_run_of_the_demo_chain():
+    """The Makefile's demo target starts exactly one deployment run, DEMO, whose steps are
+    DEMO_CHAIN's deployments, each on the sample data of the one before (pretrain/tiny on
+    sample-tiny's manifests, the probe on its checkpoint); all offline."""
     out = subprocess.run(["make", "-n", "demo"], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
     runs = [line.split("deployment run ", 1)[1].split()[0] for line in out.stdout.splitlines()
             if "deployment run " in line]
-    assert tuple(runs) == DEMO_CHAIN
-    assert all(deployment(name).env.get("HF_HUB_OFFLINE") == "1" for name in DEMO_CHAIN)
+    assert runs == [DEMO]
+    steps = deployment(DEMO).parameters
+    assert (steps["build_deployment"], steps["pretrain_deployment"], steps["probe_deployment"]) == DEMO_CHAIN
+    paper = deployment("build-train-evaluate/paper").parameters
+    assert (paper["build_deployment"], paper["pretrain_deployment"], paper["probe_deployment"]) == (
+        "build-tv-dataset/youtube-paper", "pretrain/paper", "linear-probe/paper")
+    assert all(deployment(name).env.get("HF_HUB_OFFLINE") == "1" for name in (DEMO, *DEMO_CHAIN))
     assert (deployment("linear-probe/sample").parameters["checkpoint_from_run"]
             == deployment("pretrain/tiny").parameters["out_dir"])

@@ -23,7 +23,8 @@ from emotionclip.core.manifest_store import (
 )
 from emotionclip.core.schemas import CLIP, EMOTIONS, SchemaError, score_problems
 from emotionclip.stages.manifests import build_manifests
-from emotionclip.stages.registry import done_video_ids, list_video_ids, run_video
+from emotionclip.stages.registry import done_video_ids, list_video_ids
+from emotionclip.stages.chain import run_video
 from training_data import write_frame_store
 
 # What the good manifests were built with: the tiny random emotion model scores every

@@ -94,7 +94,8 @@ def test_replica_of_a_processed_video_is_up_to_date_under_its_own_id(catalog, tm
     and a change to its copied output is still caught."""
     from emotionclip.core import io
     from emotionclip.stages.growth import replicate_video
-    from emotionclip.stages.registry import VIDEO_STAGES, run_video
+    from emotionclip.stages.registry import VIDEO_STAGES
+    from emotionclip.stages.chain import run_video
 
     run_video(catalog, "sample_01")
     extra = tmp_path / "more-corpus"

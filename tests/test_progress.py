@@ -225,7 +225,7 @@ def test_progress_artifact_survives_an_unreachable_server():
     """A server that is away: every call fails, is counted and logged (once), never raised."""
     from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 
-    from flows.progress import StepProgress
+    from tasks.progress import StepProgress
 
     with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api", PREFECT_CLIENT_MAX_RETRIES: 0}):
         hook = StepProgress("pretrain-progress", "pretrain", interval_s=600)  # forced updates only: 3 calls

@@ -36,7 +36,8 @@ def replicated(tmp_path_factory):
     from emotionclip.sample import make_sample_corpus
     from emotionclip.stages.download import import_local_folder
     from emotionclip.stages.growth import adopt_data_root, replicate_dataset
-    from emotionclip.stages.registry import STAGES, run_video
+    from emotionclip.stages.registry import STAGES
+    from emotionclip.stages.chain import run_video
 
     tmp = tmp_path_factory.mktemp("scale")
     corpus, root = tmp / "corpus", tmp / "data"

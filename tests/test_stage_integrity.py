@@ -183,12 +183,13 @@ def test_stale_temp_files_of_the_stage_are_removed_others_kept(catalog):
 def test_prefect_task_of_a_corrupt_output_is_not_cached(catalog):
     from prefect import flow
 
-    from flows.tasks import TASKS
+    from tasks.dataset import TASKS
 
     @flow(name="integrity-check")
     def frames_state(cat) -> tuple[str, dict]:
-        state = TASKS["frames"](cat, VID, return_state=True)
-        return state.name, state.result()
+        state = TASKS["frames"](cat, [VID], return_state=True)
+        [outcome] = state.result()
+        return state.name, {**outcome.summary, "outcome": outcome.outcome}
 
     run_stage(catalog, "frames", VID)
     assert frames_state(catalog)[0] == "Cached"
@@ -196,6 +197,7 @@ def test_prefect_task_of_a_corrupt_output_is_not_cached(catalog):
     os.truncate(frames_zip, frames_zip.stat().st_size - 100)
     name, summary = frames_state(catalog)
     assert name == "Completed", name
-    assert summary["skipped"] is False and "changed since its marker" in summary["rerun_reason"]
+    assert summary["outcome"] == "ran" and summary["skipped"] is False
+    assert "changed since its marker" in summary["rerun_reason"]
     with FrameStore(frames_zip) as store:
         assert len(store) == summary["n_frames"]

@@ -52,16 +52,20 @@ def _video_stage(name: str):
         data_root: Optional[str] = DataRootOpt,
         set_: Optional[list[str]] = SetOpt,
     ) -> None:
-        from emotionclip.core.errors import StageError
-        from emotionclip.stages.registry import run_stage
+        from emotionclip.core.ids import validate_video_id
+        from emotionclip.stages.chain import run_stage_over
 
         cat = open_catalog(catalog, profile, data_root, set_)
         try:
-            with progress_display():
-                result = run_stage(cat, name, video_id, force=force)
-        except (StageError, ValueError) as e:
+            validate_video_id(video_id)
+        except ValueError as e:
             _fail(e)
-        _emit(result)
+        # The very function the stage's Prefect task calls, over this one video.
+        with progress_display():
+            [outcome] = run_stage_over(cat, name, [video_id], force=force)
+        if not outcome.ok:
+            _fail(RuntimeError(outcome.reason))
+        _emit(outcome.summary)
 
     return command
 

@@ -454,3 +454,10 @@ def catalog_from_dict(raw: dict[str, Any]) -> Catalog:
         return Catalog.model_validate(raw)
     except ValidationError as e:
         raise CatalogError(_format_validation_error(e)) from None
+
+
+def manifests_location(path: str | os.PathLike | None = None, profile: str | None = None,
+                       data_root: str | None = None, overrides: dict[str, Any] | None = None) -> str:
+    """Where a build with these catalog arguments writes its manifests (what
+    pre-training on that build reads)."""
+    return load_catalog(path, profile=profile, data_root=data_root, overrides=overrides).artifact("manifests")

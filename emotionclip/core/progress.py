@@ -11,7 +11,7 @@ variable: the stage functions reached through the registry, or training reached
 through `run_training`, pick it up without every caller threading it through).
 
 Consumers: the `emotionclip` command draws `rich` bars (`emotionclip.cli._common`),
-the Prefect flows update progress artifacts (`flows/progress.py`). A tracker opened
+the Prefect flows update progress artifacts (`tasks/progress.py`). A tracker opened
 while another is open (detection inside feature extraction, the epoch-end probe
 inside training) has `depth` > 0: consumers show it while it runs, or ignore it.
 """

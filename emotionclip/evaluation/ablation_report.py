@@ -262,3 +262,13 @@ def _plain(v: Any) -> Any:
 def table_records(df: pd.DataFrame) -> list[dict[str, Any]]:
     """The comparison table as JSON-safe rows (NaN and NA as None), for a table artifact."""
     return [{k: _plain(v) for k, v in r.items()} for r in df.to_dict("records")]
+
+
+def outcomes(records: Iterable[Mapping[str, Any]]) -> dict[str, list[str]]:
+    """The variants by outcome: failed, cached (finished before, nothing ran) and
+    trained (pre-trained and probed this time)."""
+    records = list(records)
+    done = [r for r in records if r["status"] == "done"]
+    return {"failed": [r["variant"] for r in records if r["status"] == "failed"],
+            "cached": [r["variant"] for r in done if r.get("cached")],
+            "trained": [r["variant"] for r in done if not r.get("cached")]}

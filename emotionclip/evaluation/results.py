@@ -284,3 +284,10 @@ def write_results(df: pd.DataFrame, out_dir: str | os.PathLike, name: str = "res
             paths[f"figure:{dataset}"] = png
     atomic_write_text(paths["markdown"], to_markdown(df, figures))
     return paths
+
+
+def table_records(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """The results as JSON-safe rows (NaN as None) for a table display; the free-text
+    notes are left out, too long for a table cell."""
+    return [{k: (None if v != v else v) if isinstance(v, float) else v for k, v in r.items() if k != "notes"}
+            for r in df.to_dict("records")]

@@ -23,7 +23,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -38,6 +38,8 @@ SIZES = {"small": 14, "medium": 56}
 MIN_PER_SPLIT = 4
 # Written last into every sample: says what the folder is (and that it is complete).
 MARKER = "EMOTIONCLIP_SAMPLE.json"
+# Under the data root: where the flows write the samples they generate on the fly.
+SAMPLES_DIR = "eval-samples"
 SOURCES = ["testsrc2", "smptebars", "rgbtestsrc", "testsrc", "yuvtestsrc", "pal100bars", "smptehdbars"]
 CATEGORIES = {"bold": BOLD_CATEGORIES, "emotic": EMOTIC_CATEGORIES}
 _ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
@@ -335,3 +337,32 @@ def make_sample(dataset: str, out_dir: str | os.PathLike, *, seed: int = 0,
 def is_sample(root: str | os.PathLike) -> bool:
     """Whether `root` is a complete folder written by make_sample."""
     return (Path(root) / MARKER).is_file()
+
+
+def ensure_sample(dataset: str, root: str | os.PathLike, *, n_per_split: int = SIZES["small"]) -> bool:
+    """Write the miniature `dataset` to `root` unless a complete sample is there;
+    whether this call wrote it. Two runs may race for the same folder: the loser's
+    rename fails, and that is fine when the winner's sample is complete."""
+    if is_sample(root):
+        return False
+    try:
+        make_sample(dataset, root, n_per_split=n_per_split)
+    except OSError:
+        if not is_sample(root):  # not a concurrent run that finished first: a real folder is in the way
+            raise
+        return False
+    return True
+
+
+def sample_roots(datasets: Iterable[str], data_root: str | None = None) -> dict[str, str]:
+    """Benchmark name (canonical) -> its generated sample's folder,
+    `<data root>/eval-samples/<name>`, the data root being `data_root` or the catalog's."""
+    names = [get_spec(d).name for d in datasets]  # KeyError naming the known datasets, before the catalog
+    if not names:
+        return {}
+    from emotionclip.core.catalog import load_catalog
+
+    base = load_catalog(data_root=data_root).root
+    if "://" in base:
+        raise ValueError(f"samples are written with ffmpeg and need a local data root, not {base}")
+    return {name: str(Path(base) / SAMPLES_DIR / name) for name in names}

@@ -396,20 +396,36 @@ def _network_trouble(exc: BaseException) -> bool:
 
 
 def is_transient_error(exc: BaseException) -> bool:
-    """Whether a failed network stage may succeed if tried again later:
-    throttling (429), server trouble (5xx, 408, 425), timeouts, reset or refused
-    connections, anywhere in the exception's chain. Not a 404 or other 4xx, a
+    """Whether a failed stage may succeed if tried again later: throttling (429),
+    server trouble (5xx, 408, 425), timeouts, reset or refused connections, memory
+    or disk running out, anywhere in the exception's chain. Not a 404 or other 4xx, a
     bad id, missing captions, a playlist URL; nor a 5xx or timeout that yt-dlp
     already retried until it gave up (its retries are spent, and it reports
     that as text, with no exception behind it). The one classifier of
-    transient errors (the Prefect tasks' retry condition); a `DownloadError`
+    transient errors: the network tasks' retry condition and every per-video
+    failure the registry records (retried by a later run); a `DownloadError`
     carries its verdict in `transient`."""
     if isinstance(exc, DownloadError):
         return exc.transient
+    if _resources_ran_out(exc):
+        return True
     status = _http_status(exc)
     if status is not None:
         return status in _TRANSIENT_STATUS
     return _network_trouble(exc)
+
+
+def _resources_ran_out(exc: BaseException) -> bool:
+    """Memory or disk running out anywhere in `exc`'s chain (any stage: a GPU out of
+    memory, a full disk): the machine's state, not the input's, so a later try may pass."""
+    import errno
+
+    for cur in _causes(exc):
+        if isinstance(cur, MemoryError) or type(cur).__name__ == "OutOfMemoryError":
+            return True
+        if isinstance(cur, OSError) and cur.errno in (errno.ENOSPC, errno.ENOMEM, errno.EDQUOT):
+            return True
+    return False
 
 
 def _download_error(video_id: str | None, exc: BaseException) -> DownloadError:

@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import contextlib
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
 from emotionclip.core import io
 from emotionclip.core.catalog import Catalog
 from emotionclip.core.manifest_store import MANIFEST_FILE, manifest_info
-from emotionclip.core.video_registry import VideoRegistry
+from emotionclip.core.video_registry import VideoRegistry, kept_clips_per_video
 from emotionclip.stages.registry import VIDEO_STAGES, is_up_to_date, list_video_ids
+
+if TYPE_CHECKING:
+    from emotionclip.stages.chain import VideoResult
 
 
 def info_record(catalog: Catalog, video_id: str, **extra: Any) -> dict[str, Any]:
@@ -107,15 +111,16 @@ def videos_to_process(catalog: Catalog, registry: VideoRegistry, acquired: list[
     return todo, len(stale)
 
 
-def record_results(registry: VideoRegistry, results: list[dict[str, Any]], run_id: str) -> None:
-    """The per-video outcomes, in one registry write."""
+def record_results(registry: VideoRegistry, results: list["VideoResult"], run_id: str) -> None:
+    """The per-video outcomes of the chain (`chain.VideoResult`), in one registry write."""
     with registry.batch() as b:
         for r in results:
-            states = {s: "done" for s in r["stages"]}
-            if r["ok"]:
-                b.mark_done(r["video_id"], run_id, states)
+            states = {s: "done" for s in r.done_stages()}
+            if r.ok:
+                b.mark_done(r.video_id, run_id, states)
             else:
-                b.mark_failed(r["video_id"], r["stage"], r["error"], r["transient"], run_id, stages=states)
+                b.mark_failed(r.video_id, r.stage or "process-videos", r.error or "did not finish every stage",
+                              r.transient, run_id, stages=states)
 
 
 def growth_table(before: dict[str, Any], after: dict[str, Any], videos_added: int, clips_added: int) -> list[dict]:
@@ -127,6 +132,105 @@ def growth_table(before: dict[str, Any], after: dict[str, Any], videos_added: in
     table.append({"status": "clips (kept)", "videos": after["clips"], "change": clips_added, "reasons": ""})
     table.append({"status": "videos added by this run", "videos": videos_added, "change": videos_added, "reasons": ""})
     return table
+
+
+# -- a run's bookkeeping ---------------------------------------------------------------
+@dataclass
+class RunStart:
+    """The dataset as a build run found it (after adopting an older data root and
+    applying the exclusion rules added or deleted since the last run)."""
+
+    run_id: str
+    started: str
+    adopted: list[str]
+    before: dict[str, Any]
+    done_before: set[str]
+    clips_before: int
+    newly_excluded: list[str]
+    restored: list[str]
+    reason_of: Callable[[str, Optional[str]], Optional[str]]
+
+
+def start_run(catalog: Catalog, registry: VideoRegistry, run_id: str) -> RunStart:
+    from emotionclip.core.exclusions import load_exclusions
+    from emotionclip.core.video_registry import now_iso
+
+    started = now_iso()
+    adopted = adopt_data_root(catalog, registry)
+    before = registry.counts()
+    reason_of = load_exclusions(catalog).reason
+    with registry.batch() as b:
+        newly_excluded, restored = b.apply_exclusions(reason_of)
+    df = registry.read()
+    return RunStart(run_id, started, adopted, before, set(df.loc[df["status"] == "done", "video_id"]),
+                    clips_now(catalog), list(newly_excluded), list(restored), reason_of)
+
+
+def restored_on_disk(catalog: Catalog, start: RunStart) -> list[str]:
+    """Videos no longer excluded whose downloads are still there: back in the manifests."""
+    return [v for v in start.restored if io.exists(catalog.artifact("info", v))]
+
+
+def record_manifests(catalog: Catalog, registry: VideoRegistry) -> None:
+    """Each done video's kept clips, from the manifests just written (one registry write)."""
+    per_video = kept_clips_per_video(catalog.artifact("manifests"))
+    with registry.batch() as b:
+        b.set_clips(per_video)
+
+
+def stage_counts(results: list["VideoResult"]) -> list[dict[str, Any]]:
+    """Per stage: videos that reached it, found it up to date, failed there."""
+    return [{"stage": stage,
+             "videos_done": sum(1 for r in results if stage in r.outcomes and r.outcomes[stage].ok),
+             "skipped_up_to_date": sum(1 for r in results if stage in r.outcomes and
+                                       r.outcomes[stage].outcome == "cached"),
+             "failed": sum(1 for r in results if stage in r.outcomes and not r.outcomes[stage].ok)}
+            for stage in VIDEO_STAGES]
+
+
+def finish_run(catalog: Catalog, registry: VideoRegistry, start: RunStart, *, source: str, acquired: Any,
+               results: list["VideoResult"], stale: int, manifests_summary: dict[str, Any],
+               target_videos: Optional[int]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Append the run's row to the runs table; returns the run's result (what the flow
+    returns and logs) and its growth table (the artifact). `acquired`: the run's
+    `acquisition.Acquired`."""
+    from emotionclip.core.video_registry import now_iso, summarize
+
+    after_df = registry.read()
+    after = summarize(after_df)
+    clips_total = clips_now(catalog)
+    videos_added = int(((after_df["status"] == "done") & ~after_df["video_id"].isin(start.done_before)).sum())
+    clips_added = clips_total - start.clips_before
+    registry.append_run({
+        "run_id": start.run_id, "started": start.started, "finished": now_iso(), "source": source,
+        "videos_added": videos_added, "videos_done": after["done"], "videos_failed": after["failed"],
+        "videos_excluded": after["excluded"], "clips_added": clips_added, "clips_total": clips_total,
+    })
+    n_failures = len(acquired.failures) + sum(1 for r in results if not r.ok)
+    result = {
+        **{k: v for k, v in manifests_summary.items() if isinstance(v, (int, float, str))},
+        "videos": len(acquired.video_ids) + sum(1 for f in acquired.failures if f.stage == "download"),
+        "processed": sum(1 for r in results if r.ok),
+        "failures": n_failures,
+        "run_id": start.run_id,
+        "videos_added": videos_added,
+        "clips_added": clips_added,
+        "videos_done": after["done"],
+        "videos_failed": after["failed"],
+        "videos_excluded": after["excluded"],
+        "videos_pending": after["pending"],
+        "clips_total": clips_total,
+        "failed_reasons": after["failed_reasons"],
+        "excluded_reasons": after["excluded_reasons"],
+        "retried": acquired.retried,
+        "stale_reprocessed": stale,
+        "adopted": len(start.adopted),
+        "target_reached": bool(target_videos is not None and after["done"] >= target_videos),
+        # Per stage, how many videos ran it rather than finding it up to date.
+        "stage_runs": {s: sum(1 for r in results if s in r.outcomes and r.outcomes[s].outcome == "ran")
+                       for s in VIDEO_STAGES},
+    }
+    return result, growth_table(start.before, after, videos_added, clips_added)
 
 
 # -- replicas, for scale tests and benchmarks ------------------------------------------

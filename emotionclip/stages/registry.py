@@ -1,6 +1,7 @@
-"""The stages of build-tv-dataset, listed once. The Prefect tasks (flows/tasks.py),
-the flow's per-video chain and the `emotionclip stage <name>` commands are all
-made from `STAGES`, so a stage's name, function and help text live here only.
+"""The stages of build-tv-dataset, listed once. The Prefect tasks (tasks/dataset.py),
+the per-video chain (`emotionclip.stages.chain`) and the `emotionclip stage <name>`
+commands are all made from `STAGES`, so a stage's name, function and help text
+live here only.
 
 Per-video stages run through `run_stage`, which skips what is up to date. A
 stage's *key* hashes its parameters and model (`Catalog.stage_fingerprint`), its
@@ -49,8 +50,12 @@ class Stage:
     per_video: bool = False
     outputs: tuple[str, ...] = ()
     after: tuple[str, ...] = ()
-    uses_model: bool = False  # GPU-capable: the Prefect tasks are tagged for a concurrency limit
+    uses_model: bool = False  # GPU-capable: a run takes a slot of the global `gpu` limit
     network: bool = False  # talks to YouTube: Prefect retries transient errors, global rate limit
+    # Optional: the stage over many videos at once, `(catalog, video_ids) -> {video_id:
+    # summary | exception}`, writing each video's outputs as `run` would; model batches
+    # fill across videos (a video with 5 sentences no longer runs a batch of 5).
+    run_many: Callable[..., dict[str, Any]] | None = None
 
 
 # The DAG's topological order.
@@ -66,9 +71,11 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("frames", frames.run_frames, "Video -> 8 FPS frames, smaller edge 256, one random-access file.",
           per_video=True, outputs=("frames",)),
     Stage("sentences", sentences.run_sentences, "Words -> punctuated sentences (FullStop).",
-          per_video=True, outputs=("sentences",), after=("words",), uses_model=True),
+          per_video=True, outputs=("sentences",), after=("words",), uses_model=True,
+          run_many=getattr(sentences, "run_sentences_many", None)),
     Stage("sentiment", sentiment.run_sentiment, "Sentences -> 7 emotion logits and probabilities (DistilRoBERTa).",
-          per_video=True, outputs=("sentiment",), after=("sentences",), uses_model=True),
+          per_video=True, outputs=("sentiment",), after=("sentences",), uses_model=True,
+          run_many=getattr(sentiment, "run_sentiment_many", None)),
     # Detection decodes the same 8 FPS frames the store holds, so it follows the frame parameters.
     Stage("humans", humans.run_humans, "Frames -> person boxes (YOLO, imgsz 640, conf 0.25, IoU 0.45).",
           per_video=True, outputs=("humans",), after=("frames",), uses_model=True),
@@ -224,6 +231,58 @@ def write_marker(catalog: Catalog, stage: str, video_id: str, summary: dict, *, 
     return marker
 
 
+class _Ready(NamedTuple):
+    cached: dict | None = None  # the marker's summary when the stage is up to date
+    key: str = ""  # the key to record once the stage has run
+    rerun_reason: str | None = None  # an output no longer matched its marker
+
+
+def _prepare(catalog: Catalog, stage: str, video_id: str, force: bool) -> _Ready:
+    """Under the (video, stage) lock: what a run of `stage` needs to do. Raises
+    StageError when an input stage is not up to date."""
+    for tmp in _remove_stale_temps(catalog, stage, video_id):
+        log.info("removed %s, left by an interrupted %s run", tmp, stage)
+    reason = None
+    if not force:
+        check = _check(catalog, stage, video_id)
+        if check.reason is None:
+            marker = read_marker(catalog, stage, video_id) or {}
+            if check.fingerprints is not None:  # complete an old marker (we hold its lock)
+                io.atomic_write_json(_marker(catalog, stage, video_id), {**marker, "outputs": check.fingerprints})
+            return _Ready(cached={**marker.get("summary", {}), "skipped": True})
+        if check.changed:
+            reason = check.reason
+            log.warning("%s: re-running %s", reason, stage)
+    inputs = {d: _check(catalog, d, video_id).reason for d in VIDEO_STAGES[stage].after}
+    missing = [d for d, why in inputs.items() if why is not None]
+    if missing:
+        raise StageError(stage, video_id, f"inputs not ready: run {', '.join(missing)} first "
+                                          f"({'; '.join(f'{d}: {inputs[d]}' for d in missing)})")
+    return _Ready(key=stage_key(catalog, stage, video_id), rerun_reason=reason)
+
+
+def _as_stage_error(stage: str, video_id: str, e: BaseException) -> StageError:
+    """Any failure, naming the video and the stage (the original kept as its cause)."""
+    if isinstance(e, StageError):
+        return e
+    err = StageError(stage, video_id, f"{type(e).__name__}: {e}")
+    err.__cause__ = e
+    return err
+
+
+def _finish(catalog: Catalog, stage: str, video_id: str, summary: dict, ready: _Ready) -> dict:
+    """Fingerprint the outputs and write the marker of a stage that has run."""
+    try:
+        outputs = _fingerprints(catalog, stage, video_id)
+    except (OSError, ValueError) as e:  # never write a marker that vouches for a broken output
+        raise StageError(stage, video_id, f"wrote an unreadable output: {e}") from e
+    write_marker(catalog, stage, video_id, summary, key=ready.key, outputs=outputs)
+    result = {**summary, "skipped": False}
+    if ready.rerun_reason is not None:
+        result["rerun_reason"] = ready.rerun_reason
+    return result
+
+
 def run_stage(catalog: Catalog, stage: str, video_id: str, *, force: bool = False,
               run_slot: Callable[[], ContextManager[Any]] | None = None) -> dict:
     """Run one per-video stage unless it is up to date. Returns the stage's summary
@@ -235,41 +294,61 @@ def run_stage(catalog: Catalog, stage: str, video_id: str, *, force: bool = Fals
         raise StageError(stage, video_id, f"unknown stage; choose from {list(VIDEO_STAGES)}")
     video_id = validate_video_id(video_id)
     with _stage_lock(catalog, video_id, stage):
-        for tmp in _remove_stale_temps(catalog, stage, video_id):
-            log.info("removed %s, left by an interrupted %s run", tmp, stage)
-        reason = None
-        if not force:
-            check = _check(catalog, stage, video_id)
-            if check.reason is None:
-                marker = read_marker(catalog, stage, video_id) or {}
-                if check.fingerprints is not None:  # complete an old marker (we hold its lock)
-                    io.atomic_write_json(_marker(catalog, stage, video_id), {**marker, "outputs": check.fingerprints})
-                return {**marker.get("summary", {}), "skipped": True}
-            if check.changed:
-                reason = check.reason
-                log.warning("%s: re-running %s", reason, stage)
-        inputs = {d: _check(catalog, d, video_id).reason for d in VIDEO_STAGES[stage].after}
-        missing = [d for d, why in inputs.items() if why is not None]
-        if missing:
-            raise StageError(stage, video_id, f"inputs not ready: run {', '.join(missing)} first "
-                                              f"({'; '.join(f'{d}: {inputs[d]}' for d in missing)})")
-        key = stage_key(catalog, stage, video_id)
+        ready = _prepare(catalog, stage, video_id, force)
+        if ready.cached is not None:
+            return ready.cached
         try:
             with run_slot() if run_slot is not None else contextlib.nullcontext():
                 summary = VIDEO_STAGES[stage].run(catalog, video_id) or {}
         except StageError:
             raise
         except Exception as e:  # anything else still names the video and the stage
-            raise StageError(stage, video_id, f"{type(e).__name__}: {e}") from e
-        try:
-            outputs = _fingerprints(catalog, stage, video_id)
-        except (OSError, ValueError) as e:  # never write a marker that vouches for a broken output
-            raise StageError(stage, video_id, f"wrote an unreadable output: {e}") from e
-        write_marker(catalog, stage, video_id, summary, key=key, outputs=outputs)
-        result = {**summary, "skipped": False}
-        if reason is not None:
-            result["rerun_reason"] = reason
-        return result
+            raise _as_stage_error(stage, video_id, e) from e
+        return _finish(catalog, stage, video_id, summary, ready)
+
+
+def run_stage_many(catalog: Catalog, stage: str, video_ids: list[str], *, force: bool = False,
+                   run_slot: Callable[[], ContextManager[Any]] | None = None) -> dict[str, dict | StageError]:
+    """`run_stage` over many videos with the stage's `run_many`: one call (one slot,
+    model batches filled across videos) for every video not up to date. Returns per
+    video its summary (as `run_stage`) or its StageError; one video's failure never
+    fails the others. The (video, stage) locks are taken in sorted order, so two
+    runs over overlapping videos cannot deadlock."""
+    spec = VIDEO_STAGES[stage]
+    if spec.run_many is None:
+        raise ValueError(f"stage {stage!r} has no run_many")
+    out: dict[str, dict | StageError] = {}
+    with contextlib.ExitStack() as locks:
+        todo: dict[str, _Ready] = {}
+        for vid in sorted(set(video_ids)):
+            try:
+                validate_video_id(vid)
+                locks.enter_context(_stage_lock(catalog, vid, stage))
+                ready = _prepare(catalog, stage, vid, force)
+            except Exception as e:
+                out[vid] = _as_stage_error(stage, vid, e)
+                continue
+            if ready.cached is not None:
+                out[vid] = ready.cached
+            else:
+                todo[vid] = ready
+        if todo:
+            try:
+                with run_slot() if run_slot is not None else contextlib.nullcontext():
+                    results = spec.run_many(catalog, list(todo)) or {}
+            except Exception as e:  # the call itself failed (the model did not load): all of its videos
+                results = {vid: e for vid in todo}
+            for vid, ready in todo.items():
+                r = results.get(vid)
+                if r is None:
+                    r = StageError(stage, vid, "run_many returned no result for this video")
+                try:
+                    if isinstance(r, BaseException):
+                        raise _as_stage_error(stage, vid, r)
+                    out[vid] = _finish(catalog, stage, vid, r, ready)
+                except StageError as e:
+                    out[vid] = e
+    return {vid: out[vid] for vid in dict.fromkeys(video_ids)}
 
 
 def list_video_ids(catalog: Catalog) -> list[str]:
@@ -290,11 +369,6 @@ def list_video_ids(catalog: Catalog) -> list[str]:
         if io.exists(catalog.artifact("info", name)):
             ids.append(name)
     return ids
-
-
-def run_video(catalog: Catalog, video_id: str, *, force: bool = False) -> dict[str, dict]:
-    """Every per-video stage in order (the plain-loop equivalent of the flow)."""
-    return {name: run_stage(catalog, name, video_id, force=force) for name in VIDEO_STAGES}
 
 
 def done_video_ids(catalog: Catalog) -> list[str]:

@@ -6,6 +6,8 @@ the softmax probabilities and `neutral`. Texts are tokenized once, sorted by
 length and batched (little padding), truncated at the model's limit, and the
 scores are returned in the input order. Any text is scored: empty strings,
 emoji and non-English characters included (byte-level BPE has no unknowns).
+`run_sentiment_many` scores the sentences of many videos in one pool, so a video
+with a few sentences does not run a short batch of its own.
 """
 
 from __future__ import annotations
@@ -84,34 +86,94 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def sentiment_table(sentence_idx: Sequence[int], logits: np.ndarray) -> pd.DataFrame:
     """The SENTIMENT columns from raw logits in EMOTIONS order."""
     probs = softmax(logits) if len(logits) else np.zeros_like(logits, dtype=np.float64)
-    df = pd.DataFrame({"sentence_idx": np.asarray(sentence_idx, dtype=np.int32)})
-    for j, e in enumerate(schemas.EMOTIONS):
-        df[f"logit_{e}"] = logits[:, j].astype(np.float32)
-    for j, e in enumerate(schemas.EMOTIONS):
-        df[f"prob_{e}"] = probs[:, j].astype(np.float32)
-    df["neutral"] = probs[:, schemas.NEUTRAL_INDEX].astype(np.float32)
-    return df
+    # built from one dict: inserting 15 columns one by one cost more than a small model batch
+    cols: dict[str, np.ndarray] = {"sentence_idx": np.asarray(sentence_idx, dtype=np.int32)}
+    cols.update((f"logit_{e}", logits[:, j].astype(np.float32)) for j, e in enumerate(schemas.EMOTIONS))
+    cols.update((f"prob_{e}", probs[:, j].astype(np.float32)) for j, e in enumerate(schemas.EMOTIONS))
+    cols["neutral"] = probs[:, schemas.NEUTRAL_INDEX].astype(np.float32)
+    return pd.DataFrame(cols)
 
 
-def run_sentiment(catalog: Any, video_id: str, device: str | None = None) -> dict:
-    """Sentences -> per-sentence emotion logits and probabilities (per-video stage contract)."""
-    from emotionclip.zoo import default_device, load_emotion_model
-
-    params = catalog.stages.sentiment
+def _read_sentences(catalog: Any, video_id: str) -> pd.DataFrame:
     path = catalog.artifact("sentences", video_id)
     if not io.exists(path):
         raise StageError(STAGE, video_id, f"sentences artifact not found: {path} (run the sentences stage first)")
     try:
-        sentences = io.read_parquet(path, columns=["sentence_idx", "text"])
-    except Exception as e:
+        return io.read_parquet(path, columns=["sentence_idx", "text"])
+    except Exception as e:  # a corrupt file is this video's problem, not the batch's
         raise StageError(STAGE, video_id, f"cannot read sentences {path}: {e}") from e
-    if len(sentences):
-        tok, model = load_emotion_model(catalog.model_ref("emotion"), device or default_device())
-        logits = score_texts(sentences["text"].tolist(), tok, model, batch_size=params.batch_size,
-                             max_length=params.max_length)
-    else:
-        logits = np.zeros((0, len(schemas.EMOTIONS)), dtype=np.float32)
-    df = sentiment_table(sentences["sentence_idx"].to_numpy(), logits)
-    io.atomic_write_parquet(catalog.artifact("sentiment", video_id), schemas.to_table(df, schemas.SENTIMENT),
-                            metadata={"fingerprint": catalog.stage_fingerprint(STAGE)})
-    return {"video_id": video_id, "n_sentences": int(len(df))}
+
+
+def _score_pooled(texts: list[list[str]], tok: Any, model: Any, batch_size: int,
+                  max_length: int) -> list[np.ndarray | BaseException]:
+    """Logits of every video's texts from one pooled score_texts call, split back per
+    video. If the pooled call fails, each video is scored alone, so the error lands
+    on the video that causes it and the others still get their scores."""
+    try:
+        pooled = score_texts([t for ts in texts for t in ts], tok, model, batch_size=batch_size,
+                             max_length=max_length)
+        return np.split(pooled, np.cumsum([len(ts) for ts in texts])[:-1])
+    except Exception:
+        if len(texts) == 1:
+            raise
+    out: list[np.ndarray | BaseException] = []
+    for ts in texts:
+        try:
+            out.append(score_texts(ts, tok, model, batch_size=batch_size, max_length=max_length))
+        except Exception as e:
+            out.append(e)
+    return out
+
+
+def run_sentiment_many(
+    catalog: Any, video_ids: Sequence[str], device: str | None = None
+) -> dict[str, dict | BaseException]:
+    """Sentences -> per-sentence emotion logits and probabilities for several videos.
+
+    All the videos' sentences are scored together (one model, batches filled across
+    videos, sorted by length by score_texts), then each video's table is written as
+    the one-video stage writes it. Returns per video the stage summary, or the
+    exception that video raised: one bad video does not fail the others.
+    """
+    from emotionclip.zoo import default_device, load_emotion_model
+
+    params = catalog.stages.sentiment
+    results: dict[str, dict | BaseException] = {}
+    frames: dict[str, pd.DataFrame] = {}
+    for vid in dict.fromkeys(video_ids):  # order kept, duplicates run once
+        try:
+            frames[vid] = _read_sentences(catalog, vid)
+        except Exception as e:
+            results[vid] = e
+    empty = np.zeros((0, len(schemas.EMOTIONS)), dtype=np.float32)
+    logits: dict[str, np.ndarray | BaseException] = {vid: empty for vid, df in frames.items() if not len(df)}
+    scored = [vid for vid, df in frames.items() if len(df)]
+    if scored:  # a batch of empty videos needs no model
+        try:
+            tok, model = load_emotion_model(catalog.model_ref("emotion"), device or default_device())
+            per_video = _score_pooled([frames[v]["text"].tolist() for v in scored], tok, model,
+                                      params.batch_size, params.max_length)
+        except Exception as e:  # the model itself failed: every video that needs it fails
+            per_video = [e] * len(scored)
+        logits.update(zip(scored, per_video))
+    for vid, df in frames.items():
+        if isinstance(logits[vid], BaseException):
+            results[vid] = logits[vid]
+            continue
+        try:
+            table = sentiment_table(df["sentence_idx"].to_numpy(), logits[vid])
+            io.atomic_write_parquet(catalog.artifact("sentiment", vid), schemas.to_table(table, schemas.SENTIMENT),
+                                    metadata={"fingerprint": catalog.stage_fingerprint(STAGE)})
+            results[vid] = {"video_id": vid, "n_sentences": int(len(table))}
+        except Exception as e:
+            results[vid] = e
+    return {vid: results[vid] for vid in dict.fromkeys(video_ids)}
+
+
+def run_sentiment(catalog: Any, video_id: str, device: str | None = None) -> dict:
+    """Sentences -> per-sentence emotion logits and probabilities (per-video stage
+    contract): the one-video case of run_sentiment_many, its error raised."""
+    result = run_sentiment_many(catalog, [video_id], device)[video_id]
+    if isinstance(result, BaseException):
+        raise result
+    return result

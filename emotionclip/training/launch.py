@@ -2,8 +2,9 @@
 
     torchrun --nproc_per_node 8 -m emotionclip.training.launch --config run/train_config.json
 
-The config file is a `TrainConfig` as JSON; `emotionclip train` and the `pretrain`
-flow write it into the output folder and launch torchrun (`run_training`).
+The config file is a `TrainConfig` as JSON (`config.write_config`, re-exported here):
+`emotionclip train` and the `pretrain` flow write it into the output folder and launch
+torchrun (`run_training`); a run in one process writes it too (`loop.train`).
 
 Several nodes: the same `emotionclip train ... --nnodes N --node-rank R
 --rdzv-endpoint HOST:PORT` on every node (HOST: node 0's address). That maps onto
@@ -34,24 +35,22 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import json
 import logging
 import os
 import socket
 import subprocess
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from emotionclip.training.config import TrainConfig
+# CONFIG_FILE and write_config re-exported: the torchrun side of the config file lives here
+from emotionclip.training.config import CONFIG_FILE, TrainConfig, read_config, write_config  # noqa: F401
 
 if TYPE_CHECKING:
     from emotionclip.training.state import TrainResult
 
 log = logging.getLogger(__name__)
 
-CONFIG_FILE = "train_config.json"
 DEFAULT_RDZV_ID = "emotionclip"
 DEFAULT_RDZV_PORT = 29400  # torchrun's default c10d port
 # How long a node waits for the others (and node 0's rendezvous store) to come up:
@@ -151,19 +150,6 @@ def interface_of(address: str) -> str | None:
         if any(a.address.split("%")[0] == address for a in addrs):
             return name
     return None
-
-
-def write_config(config: TrainConfig) -> Path:
-    """The config as JSON in its output folder (atomic)."""
-    from emotionclip.core.io import atomic_write_text
-
-    path = Path(config.out_dir) / CONFIG_FILE
-    atomic_write_text(path, json.dumps(config.model_dump(mode="json"), indent=2) + "\n")
-    return path
-
-
-def read_config(path: str | os.PathLike) -> TrainConfig:
-    return TrainConfig.model_validate(json.loads(Path(path).read_text()))
 
 
 def torchrun_command(config_path: str | os.PathLike, nproc: int, rendezvous: Rendezvous | None = None,

@@ -22,7 +22,7 @@ import torch
 from emotionclip.core.progress import ProgressHook, Tracker, track
 from emotionclip.training import checkpoint as ckpt
 from emotionclip.training.build import FramesLocation, build_dataset, build_model, load_catalog_for, resolve_precision
-from emotionclip.training.config import TrainConfig, compile_enabled
+from emotionclip.training.config import TrainConfig, compile_enabled, write_config
 from emotionclip.training.distributed import check_same_on_all_ranks
 from emotionclip.training.dataset import ClipDataset
 from emotionclip.training.loader import epoch_batches
@@ -42,7 +42,8 @@ def train(config: TrainConfig, *, dataset: ClipDataset | None = None, model: Any
     """Run (or resume) pre-training. `dataset`/`model` may be passed in (tests,
     notebooks); otherwise they come from the config and the catalog. `progress`
     (else the hook of `emotionclip.core.progress.use`) gets the optimizer steps on
-    rank 0, with loss and clips/s."""
+    rank 0, with loss and clips/s. Rank 0 writes the config into out_dir
+    (`train_config.json`) before the first step."""
     state = setup(config, dataset=dataset, model=model)
     found = ckpt.load_resume(config)  # the newest readable checkpoint for "latest"
     # every rank must continue from the same one (several nodes: a shared out_dir)
@@ -61,6 +62,8 @@ def train(config: TrainConfig, *, dataset: ClipDataset | None = None, model: Any
     state.first_step_s = None  # the first step's wall time (compilation included), logged once
     metrics = MetricsLogger(config.out_dir, enabled=state.info.is_main,
                             resume_step=state.step if resumed else None)
+    if state.info.is_main:  # every run's hyper-parameters next to its metrics (torchrun's launcher wrote it too)
+        write_config(config)
     state.model.train()
     bar = step_tracker(state, progress)
     try:

@@ -128,3 +128,32 @@ class MetricsLogger:
             self._tb.flush()
             self._tb.close()
             self._tb = None
+
+
+def _round(value: Any, digits: int) -> Any:
+    return round(value, digits) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
+def epoch_table(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """One row per finished epoch (epoch, step, mean loss, clips/s, data-wait share);
+    a run stopped inside its first epoch: its last logged step instead."""
+    out = Path(out_dir)
+    epochs = read_jsonl(out / EPOCHS_FILE)
+    src = epochs if epochs else read_jsonl(out / METRICS_FILE)[-1:]
+    return [{"epoch": e.get("epoch"), "step": e.get("step"), "loss": _round(e.get("loss"), 5),
+             "clips_per_s": _round(e.get("clips_per_s"), 2), "data_wait_frac": _round(e.get("data_wait_frac"), 3)}
+            for e in src]
+
+
+def probe_table(epochs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The in-training probe's numbers, one row per probed epoch (epochs.jsonl rows):
+    epoch, step, dataset, one column per "split/metric", skipped samples, results file."""
+    rows = []
+    for e in epochs:
+        probe = e.get("probe")
+        if not probe:
+            continue
+        rows.append({"epoch": e.get("epoch"), "step": e.get("step"), "dataset": probe.get("dataset"),
+                     **{name: _round(value, 4) for name, value in sorted(probe.get("metrics", {}).items())},
+                     "skipped": probe.get("skipped"), "results": probe.get("results")})
+    return rows

@@ -37,7 +37,7 @@ from emotionclip.core.catalog import load_catalog
 from emotionclip.core.io import atomic_write_json, exists, fingerprint_output, open_file, read_json
 from emotionclip.core.manifest_store import MANIFEST_FILE, catalog_fingerprint, manifest_info
 from emotionclip.training.ablations import ABLATIONS
-from emotionclip.training.config import TrainConfig, make_config
+from emotionclip.training.config import TrainConfig, run_config
 
 VARIANT_KEYS = ("name", "ablation", "beta", "max_neutral", "overrides")
 RESULT_FILE = "result.json"
@@ -277,9 +277,9 @@ def plan_variant(
     def config_for(manifests_path: str, out_dir: str) -> TrainConfig:
         # The same call as the pretrain flow's (flows/pretrain.py), so the config hashed
         # here is the one it trains with.
-        return make_config(preset, ablation=variant.ablation, **{
-            "manifests": manifests_path, "out_dir": out_dir, "profile": profile, "catalog": catalog,
-            "data_root": data_root, "resume": "latest", "max_steps": max_steps, **train_overrides})
+        return run_config(preset, variant.ablation, manifests=manifests_path, out_dir=out_dir, profile=profile,
+                          catalog=catalog, data_root=data_root, resume="latest", max_steps=max_steps,
+                          overrides=train_overrides)
 
     config = config_for(source, out_root)  # validates the variant before anything is read
     max_neutral = cat.stages.filter.max_neutral

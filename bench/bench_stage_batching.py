@@ -8,6 +8,8 @@ and the outputs are checked equal before timing.
     .venv/bin/python bench/bench_stage_batching.py                     # tiny + DistilRoBERTa-size
     .venv/bin/python bench/bench_stage_batching.py --sizes tiny --videos 50 --rounds 5
 
+The DistilRoBERTa-size part takes ~6 min on one loaded CPU core (one timed round).
+
 Videos have 3-20 sentences of 2-30 words (the words table of a video is its
 sentences' words), the catalog's batch sizes (sentences 8 chunks, sentiment 64).
 Sizes: `tiny` (the tiny profile's 2-layer models) and `distilroberta` (random
@@ -97,41 +99,55 @@ def check_same(stage: str, per, many, vids: list[str]) -> None:
 def bench(name: str, models_dir: Path, root: Path, args: argparse.Namespace, overrides: dict) -> None:
     videos = make_videos(args.videos, args.min_sentences, args.max_sentences)
     vids = list(videos)
-    cats = {}
-    for kind in ("per", "many"):
-        cats[kind] = load_catalog(profile="tiny", data_root=str(root / name / kind),
-                                  overrides={"models_dir": str(models_dir), **overrides})
-        write_inputs(cats[kind], videos)
-    per, many = cats["per"], cats["many"]
+
+    def catalog(stage: str, kind: str):
+        # a data root per stage and kind: the sentences stage overwrites the sentiment stage's input
+        cat = load_catalog(profile="tiny", data_root=str(root / name / stage / kind),
+                           overrides={"models_dir": str(models_dir), **overrides})
+        write_inputs(cat, videos)
+        return cat
+
+    params = load_catalog(profile="tiny", overrides=overrides).stages
     n_sent = sum(len(s) for s in videos.values())
     n_words = sum(len(w) for s in videos.values() for w in s)
     print(f"[{name}] {len(vids)} videos, {n_sent} sentences ({args.min_sentences}-{args.max_sentences} per video), "
-          f"{n_words} words, torch threads={torch.get_num_threads()}, rounds={args.rounds}, "
-          f"batch sizes: sentences {per.stages.sentences.batch_size} chunks of <= "
-          f"{per.stages.sentences.chunk_words} words, sentiment {per.stages.sentiment.batch_size}")
-    for stage, one, many_fn, unit in [
-        ("sentences", run_sentences, run_sentences_many, n_words),
-        ("sentiment", run_sentiment, run_sentiment_many, n_sent),
+          f"{n_words} words, torch threads={torch.get_num_threads()}, "
+          f"rounds={args.rounds if name == 'tiny' else args.big_rounds}, "
+          f"batch sizes: sentences {params.sentences.batch_size} chunks of <= "
+          f"{params.sentences.chunk_words} words, sentiment {params.sentiment.batch_size}")
+    rounds = args.rounds if name == "tiny" else args.big_rounds
+    for stage, one, many_fn, unit, loader, part in [
+        ("sentences", run_sentences, run_sentences_many, n_words, load_punctuation_model, "punctuation"),
+        ("sentiment", run_sentiment, run_sentiment_many, n_sent, load_emotion_model, "emotion"),
     ]:
-        def baseline():
-            for v in vids:
+        per, many = catalog(stage, "per"), catalog(stage, "many")
+
+        def baseline(ids=vids, one=one, per=per):
+            for v in ids:
                 one(per, v, device="cpu")
 
-        def ours():
-            res = many_fn(many, vids, device="cpu")
+        def ours(ids=vids, many_fn=many_fn, many=many):
+            res = many_fn(many, ids, device="cpu")
             bad = {v: r for v, r in res.items() if isinstance(r, BaseException)}
             assert not bad, bad
 
-        baseline(); ours()  # warm-up (model load), then the outputs must agree
-        check_same(stage, per, many, vids)
+        baseline(vids[:1]); ours(vids[:1])  # warm-up: model load
+        _, model = loader(per.model_ref(part), "cpu")  # the cached instance the stages use
+        calls = []
         t_base, t_ours = [], []
-        for _ in range(args.rounds):  # alternate, so load from other processes hits both alike
-            t = time.perf_counter(); baseline(); t_base.append(time.perf_counter() - t)
-            t = time.perf_counter(); ours(); t_ours.append(time.perf_counter() - t)
+        for _ in range(rounds):  # alternate, so load from other processes hits both alike
+            for fn, times in ((baseline, t_base), (ours, t_ours)):
+                handle = model.register_forward_hook(lambda *a, f=fn, calls=calls: calls.append(f))
+                t = time.perf_counter(); fn(); times.append(time.perf_counter() - t)
+                handle.remove()
+        check_same(stage, per, many, vids)  # the outputs agree
         b, o = statistics.median(t_base), statistics.median(t_ours)
         what = "words" if stage == "sentences" else "sentences"
-        print(f"  {stage}: per-video run_{stage} x{len(vids)}: {b:7.3f} s ({unit / b:8.1f} {what}/s)")
-        print(f"  {stage}: one run_{stage}_many:        {o:7.3f} s ({unit / o:8.1f} {what}/s)")
+        n_b, n_o = calls.count(baseline) // rounds, calls.count(ours) // rounds
+        print(f"  {stage}: per-video run_{stage} x{len(vids)}: {b:7.3f} s ({unit / b:8.1f} {what}/s, "
+              f"{n_b} model calls)")
+        print(f"  {stage}: one run_{stage}_many:        {o:7.3f} s ({unit / o:8.1f} {what}/s, "
+              f"{n_o} model calls)")
         print(f"  {stage}: ratio {b / o:.2f}x")
 
 
@@ -141,7 +157,9 @@ def main() -> None:
     ap.add_argument("--videos", type=int, default=50, help="videos in the batch")
     ap.add_argument("--min-sentences", type=int, default=3)
     ap.add_argument("--max-sentences", type=int, default=20)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=3, help="timed rounds (tiny)")
+    ap.add_argument("--big-rounds", type=int, default=1,
+                    help="timed rounds (distilroberta: ~3 min a round on one loaded core)")
     ap.add_argument("--models-dir", default=None, help="where the tiny models are (built if missing)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (see _text_models)")
     args = ap.parse_args()

@@ -64,8 +64,8 @@ def _table(key: str, rows: list[dict[str, Any]], description: str) -> None:
 class LiveRunArtifacts:
     """While the body runs, a background thread looks at `out_dir`'s metrics files
     every `interval_s`: the loss curve artifact when new steps were logged, the probe
-    table when a new epoch was probed. On exit (a crash too) one last look, so the
-    final state is shown. `markdown(key, text, description)` / `table(key, rows,
+    table when a new epoch was probed. On exit (a crash too) a last curve, marked as
+    the end, and the probe table if it changed. `markdown(key, text, description)` / `table(key, rows,
     description)` publish (default: Prefect artifacts); their failures are counted and
     logged once, never raised."""
 
@@ -89,12 +89,12 @@ class LiveRunArtifacts:
     def _warn(self, what: str, err: BaseException) -> None:
         self.failures += 1
         if not self._warned:  # once: a server that is down would otherwise log every interval
-            self.log.warning("%s artifact: %s failed (%s: %s); training goes on", self.title, what,
+            self.log.warning("%s artifacts: %s failed (%s: %s); training goes on", self.title, what,
                              type(err).__name__, err)
             self._warned = True
 
     def refresh(self, final: bool = False) -> None:
-        """Publish what changed since the last look (`final`: the curve at least once)."""
+        """Publish what changed since the last look (`final`: the curve in any case)."""
         from emotionclip.training.metrics import EPOCHS_FILE, METRICS_FILE, probe_table, read_jsonl
         from emotionclip.training.plots import loss_curve_markdown
 
@@ -102,19 +102,28 @@ class LiveRunArtifacts:
             try:
                 steps = read_jsonl(self.out_dir / METRICS_FILE)
                 epochs = read_jsonl(self.out_dir / EPOCHS_FILE)
-                if len(steps) != (self._steps_seen or 0) or (final and self._steps_seen is None):
-                    note = f"metrics: `{self.out_dir / METRICS_FILE}`" + ("" if final else " · updating while training")
+            except OSError as e:  # a file system hiccup: the next look reads again
+                self._warn("reading the metrics files", e)
+                return
+            # each artifact on its own: one that fails does not hold the other back
+            if final or len(steps) != (self._steps_seen or 0):
+                note = f"metrics: `{self.out_dir / METRICS_FILE}`; " + ("training ended" if final else
+                                                                        "updated while training")
+                try:
                     text = loss_curve_markdown(steps, epochs, self.title, note=note)
                     self._markdown(CURVE_KEY, text, f"{self.title}: loss and learning rate per logged step")
                     self._steps_seen = len(steps)
                     self.published += 1
-                probes = probe_table(epochs)
-                if len(probes) != self._probes_seen:
+                except Exception as e:  # a display must never stop training
+                    self._warn(CURVE_KEY, e)
+            probes = probe_table(epochs)
+            if len(probes) != self._probes_seen:
+                try:
                     self._table(PROBE_KEY, probes, f"{self.title}: in-training linear probe, one row per probed epoch")
                     self._probes_seen = len(probes)
                     self.published += 1
-            except Exception as e:  # a display must never stop training
-                self._warn("refresh", e)
+                except Exception as e:
+                    self._warn(PROBE_KEY, e)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):

@@ -100,7 +100,7 @@ def _runs_under(server, run_id: str):
             runs += children
             todo = [c.id for c in children]
         tasks = await client.read_task_runs(task_run_filter=TaskRunFilter(
-            flow_run_id=TaskRunFilterFlowRunId(any_=[r.id for r in runs])), limit=1000)
+            flow_run_id=TaskRunFilterFlowRunId(any_=[r.id for r in runs])), limit=200)
         return runs, tasks
 
     return _client_call(server, fn)

@@ -225,7 +225,7 @@ def test_restore_punctuation_many_equals_one_by_one(models_dir):
         many = restore_punctuation_many(lists, tok, model, CHUNK_WORDS, OVERLAP, PUNCT_BATCH)
     assert many == one
     assert [len(x) for x in many] == [len(w) for w in lists]
-    assert len(set(lab for labs in many for lab in labs)) > 2  # labels vary: the comparison has power
+    assert len({lab for labs in many for lab in labs}) > 2  # labels vary: the comparison has power
     assert all(s == PUNCT_BATCH for s in sizes[:-1])  # every batch but the last is full
 
 

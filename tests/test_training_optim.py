@@ -44,6 +44,19 @@ def test_official_code_preset_values():
     assert (c.warmup_steps, c.schedule_unit, c.precision, c.epochs, c.batch_size) == (10000, "epoch", "fp16", 25, 128)
 
 
+def test_tiny_profile_trains_from_scratch_and_the_presets_stay():
+    from emotionclip.training.config import TINY_LR
+
+    tiny = make_config("paper", profile="tiny")
+    assert (tiny.warmup_steps, tiny.log_every_steps) == (0, 1)
+    assert (tiny.lr_gain_bias, tiny.lr_encoder, tiny.lr_temporal, tiny.lr_temporal_gain_bias) == (TINY_LR,) * 4
+    assert make_config("official-code", profile="tiny").warmup_steps == 0  # the profile applies after the preset
+    assert make_config("paper", profile="tiny", warmup_steps=7).warmup_steps == 7  # explicit values win
+    for preset in ("paper", "official-code"):  # the paper profile (and none) keep the preset's numbers
+        assert make_config(preset, profile="paper").model_dump(exclude={"profile"}) == \
+            make_config(preset).model_dump(exclude={"profile"})
+
+
 def test_unknown_preset_and_bad_override():
     with pytest.raises(ValueError, match="unknown preset"):
         make_config("nope")

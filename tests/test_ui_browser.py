@@ -124,3 +124,44 @@ def test_dataset_card_renders_with_its_plots_in_the_prefect_ui(request):
     assert all(alts.count(name) == 1 for name in plots), images
     broken = [i for i in images if i["width"] <= 0]
     assert not broken, f"images that did not load in the UI: {broken} (screenshot: {SCREENSHOT})"
+
+
+def _batch_run(api_url: str):
+    """The build's one batch run (batch-0001-of-0001) and its task runs."""
+    from prefect.client.orchestration import PrefectClient
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, TaskRunFilter, TaskRunFilterFlowRunId
+
+    async def main():
+        async with PrefectClient(api=api_url) as client:
+            [run] = await client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                name=FlowRunFilterName(any_=["batch-0001-of-0001"])))
+            tasks = await client.read_task_runs(task_run_filter=TaskRunFilter(
+                flow_run_id=TaskRunFilterFlowRunId(any_=[run.id])))
+            return run, tasks
+
+    return asyncio.run(main())
+
+
+def test_the_batch_run_page_lists_a_task_run_per_stage(request):
+    """The batch run's page in the UI, as a user opens it: its task runs are the stages,
+    words, frames, sentences, sentiment, humans and clips, each over the batch's videos."""
+    chromium = _chromium()
+    port, _, env = request.getfixturevalue("built")
+    run, tasks = _batch_run(env["PREFECT_API_URL"])
+    stages = ("words", "frames", "sentences", "sentiment", "humans", "clips")
+    names = [f"{s}-batch-0001-of-0001" for s in stages]
+    assert sorted(t.name for t in tasks) == sorted(names)
+
+    from playwright.sync_api import sync_playwright
+
+    shot = SCREENSHOT.parent / "batch-run.png"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1200})
+            page.goto(f"http://127.0.0.1:{port}/runs/flow-run/{run.id}?tab=Task+Runs", wait_until="load")
+            for name in names:
+                page.get_by_text(name, exact=True).first.wait_for(timeout=60_000)
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()

@@ -65,9 +65,9 @@ def test_loss_decreases_on_a_fixed_batch(corpus, tmp_path):
 def test_tiny_profile_lowers_the_loss_in_a_few_steps(corpus, tmp_path):
     """The tiny profile's warm-up and learning rates (config._PROFILE_VALUES) train the
     random-weight model within the demo's 4 steps; the paper's (2,500 warm-up steps, 1e-8
-    for the encoder weights) leave the loss where it was. All 8 clips in every batch,
-    evaluation crops, no dropout, CPU, fixed seed: every step sees the same pixels, so the
-    loss moves by learning only, and the numbers are the same on every run."""
+    and 1e-6 for the encoder and temporal weights) leave the loss where it was. All 8
+    clips in every batch, evaluation crops, no dropout, CPU, fixed seed: every step sees
+    the same pixels, so the loss moves by learning only, the same on every run."""
     root, manifest = corpus
 
     def losses(out, **kw):
@@ -80,9 +80,8 @@ def test_tiny_profile_lowers_the_loss_in_a_few_steps(corpus, tmp_path):
         return [r["loss"] for r in train(cfg, dataset=ds, model=model).history]
 
     tiny = losses(tmp_path / "tiny")
-    assert len(tiny) == 4 and tiny[-1] < 0.8 * tiny[0], tiny  # measured: -33 %
-    paper = losses(tmp_path / "paper", warmup_steps=2500, lr_encoder=1e-8, lr_gain_bias=5e-5, lr_temporal=1e-6,
-                   lr_temporal_gain_bias=1e-6)
+    assert len(tiny) == 4 and tiny[-1] < 0.8 * tiny[0], tiny  # measured: -29 %
+    paper = losses(tmp_path / "paper", warmup_steps=2500, lr_encoder=1e-8, lr_temporal=1e-6)
     assert paper[0] == tiny[0] and paper[-1] == pytest.approx(paper[0], rel=1e-2), paper
 
 

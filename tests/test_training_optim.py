@@ -49,7 +49,8 @@ def test_tiny_profile_trains_from_scratch_and_the_presets_stay():
 
     tiny = make_config("paper", profile="tiny")
     assert (tiny.warmup_steps, tiny.log_every_steps) == (0, 1)
-    assert (tiny.lr_gain_bias, tiny.lr_encoder, tiny.lr_temporal, tiny.lr_temporal_gain_bias) == (TINY_LR,) * 4
+    assert (tiny.lr_encoder, tiny.lr_temporal) == (TINY_LR, TINY_LR)
+    assert (tiny.lr_gain_bias, tiny.lr_temporal_gain_bias) == (5e-5, 1e-6)  # the paper's
     assert make_config("official-code", profile="tiny").warmup_steps == 0  # the profile applies after the preset
     assert make_config("paper", profile="tiny", warmup_steps=7).warmup_steps == 7  # explicit values win
     for preset in ("paper", "official-code"):  # the paper profile (and none) keep the preset's numbers

@@ -72,10 +72,10 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           per_video=True, outputs=("frames",)),
     Stage("sentences", sentences.run_sentences, "Words -> punctuated sentences (FullStop).",
           per_video=True, outputs=("sentences",), after=("words",), uses_model=True,
-          run_many=getattr(sentences, "run_sentences_many", None)),
+          run_many=sentences.run_sentences_many),
     Stage("sentiment", sentiment.run_sentiment, "Sentences -> 7 emotion logits and probabilities (DistilRoBERTa).",
           per_video=True, outputs=("sentiment",), after=("sentences",), uses_model=True,
-          run_many=getattr(sentiment, "run_sentiment_many", None)),
+          run_many=sentiment.run_sentiment_many),
     # Detection decodes the same 8 FPS frames the store holds, so it follows the frame parameters.
     Stage("humans", humans.run_humans, "Frames -> person boxes (YOLO, imgsz 640, conf 0.25, IoU 0.45).",
           per_video=True, outputs=("humans",), after=("frames",), uses_model=True),

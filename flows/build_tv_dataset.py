@@ -27,22 +27,23 @@ from typing import Any, Literal, Optional
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.futures import PrefectFuture
-from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
 from emotionclip.core import io
 from emotionclip.core.catalog import Catalog, check_data_root, load_catalog
 from emotionclip.core.video_registry import VideoRegistry
 from emotionclip.sample import source_folder
 from emotionclip.stages import acquisition
-from emotionclip.stages.chain import StageOutcome, VideoResult, gates, unfinished, video_results
+from emotionclip.stages.chain import (
+    StageOutcome, VideoResult, gates, near_equal_parts, split, unfinished, video_results,
+)
 from emotionclip.stages.growth import (
     finish_run, manifests_lock, record_manifests, record_results, restored_on_disk, stage_counts, start_run,
     videos_to_process,
 )
 from tasks.dataset import VIDEO_STAGE_TASKS, card, download_task, import_folder, manifests, search
+from tasks.runners import RunnerKind, make_task_runner, wait_for_flow_runs
 
 Source = Literal["youtube", "urls", "folder", "sample"]
-RunnerKind = Literal["threads", "processes", "dask"]
 BatchRuns = Literal["inline", "deployment"]
 # 3,613 videos -> 73 batches x 6 stage tasks: few enough task runs for the server and
 # the UI, small enough that a failed batch run retries little work.
@@ -54,52 +55,10 @@ BATCH_DEPLOYMENT = "process-videos/batch"
 BATCH_RETRIES = 2  # a batch run (a lost worker, a full disk) retries by itself; its cached stages cost little
 
 
-def make_task_runner(kind: RunnerKind = "threads", max_workers: Optional[int] = None,
-                     dask_address: Optional[str] = None):
-    """threads (default), processes, or Dask (a local cluster, or an existing
-    scheduler at `dask_address` so the same flow scales out to many machines)."""
-    if kind == "threads":
-        return ThreadPoolTaskRunner(max_workers=max_workers)
-    if kind == "processes":
-        return ProcessPoolTaskRunner(max_workers=max_workers)
-    if kind == "dask":
-        from prefect_dask import DaskTaskRunner
-
-        if dask_address:
-            return DaskTaskRunner(address=dask_address)
-        kwargs = {"n_workers": max_workers} if max_workers else {}
-        # Loopback only: Dask's dashboard defaults to all interfaces on :8787, an open
-        # port on the network; port 0 also lets parallel runs each get a free port.
-        return DaskTaskRunner(cluster_kwargs={
-            "processes": True, "threads_per_worker": 1,
-            "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0", **kwargs,
-        })
-    raise ValueError(f"unknown task runner {kind!r}: threads, processes or dask")
-
-
 # -- one batch: a task run per stage -----------------------------------------------------
 def batch_name(i: int, n: int) -> str:
     """The run name of batch i (0-based) of n: batch-0001-of-0073."""
     return f"batch-{i + 1:04d}-of-{n:04d}"
-
-
-def split(items: list[str], size: int) -> list[list[str]]:
-    """Consecutive chunks of at most `size` items."""
-    if size < 1:
-        raise ValueError(f"videos_per_batch must be >= 1, got {size}")
-    return [items[i:i + size] for i in range(0, len(items), size)]
-
-
-def _slices(items: list[str], k: int) -> list[list[str]]:
-    """`items` in at most k near-equal consecutive parts (none empty)."""
-    k = max(1, min(k, len(items)))
-    q, r = divmod(len(items), k)
-    out, i = [], 0
-    for j in range(k):
-        n = q + (1 if j < r else 0)
-        out.append(items[i:i + n])
-        i += n
-    return out
 
 
 def submit_stages(catalog: Catalog, video_ids: list[str], name: str) -> dict[str, PrefectFuture]:
@@ -160,7 +119,7 @@ def process_videos(
     """
     logger = get_run_logger()
     catalog = load_catalog(catalog_path, profile=profile, data_root=data_root, overrides=overrides)
-    parts = _slices(list(video_ids or []), slices or DEFAULT_SLICES) if video_ids else []
+    parts = near_equal_parts(list(video_ids or []), slices or DEFAULT_SLICES) if video_ids else []
     names = [batch_name if len(parts) == 1 else f"{batch_name}-part-{j + 1}-of-{len(parts)}"
              for j in range(len(parts))]
     chains = [submit_stages(catalog, part, name) for part, name in zip(parts, names)]
@@ -177,31 +136,6 @@ def process_videos(
     if results_path:
         io.atomic_write_json(results_path, records)
     return records
-
-
-def _wait_for_flow_runs(ids: list[Any], poll_s: float = 2.0) -> dict[Any, Any]:
-    """Block until every flow run in `ids` is final (a retrying one is not); their states."""
-    import time
-
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    logger = get_run_logger()
-    states: dict[Any, Any] = {}
-    last_log = 0.0
-    with get_client(sync_client=True) as client:
-        while True:
-            pending = [i for i in ids if i not in states]
-            for k in range(0, len(pending), 200):
-                for fr in client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=pending[k:k + 200]))):
-                    if fr.state is not None and fr.state.is_final():
-                        states[fr.id] = fr.state
-            if len(states) == len(ids):
-                return states
-            if time.monotonic() - last_log > 60:
-                logger.info("waiting for batch runs: %d of %d finished", len(states), len(ids))
-                last_log = time.monotonic()
-            time.sleep(poll_s)
 
 
 def _process(catalog: Catalog, video_ids: list[str], spec: dict[str, Any], *, run_id: str, videos_per_batch: int,
@@ -246,7 +180,7 @@ def _process(catalog: Catalog, video_ids: list[str], spec: dict[str, Any], *, ru
                            flow_run_name=name, timeout=0, job_variables={"env": env} if env else None)
             for name, batch, path in zip(names, batches, paths)]
     logger.info("submitted %d batch runs of %s to the work pool", len(runs), BATCH_DEPLOYMENT)
-    states = _wait_for_flow_runs([r.id for r in runs])
+    states = wait_for_flow_runs([r.id for r in runs])
     for i, (name, batch, path, run) in enumerate(zip(names, batches, paths, runs), start=1):
         state = states[run.id]
         if state.is_completed() and io.exists(path):

@@ -121,7 +121,7 @@ def test_loss_curve_refreshes_while_training_and_never_fails_it(tmp_path):
             f.write(json.dumps(row) + "\n")
 
     row = {"epoch": 0, "loss": 2.0, "lr": {"frame_weight": 1e-3}}
-    with LiveRunArtifacts(tmp_path, interval_s=0.05, markdown=markdown, table=table) as live:
+    with LiveRunArtifacts(tmp_path, interval_s=0.05, markdown=markdown, table=table):
         time.sleep(0.2)
         assert not published  # nothing logged yet: nothing drawn
         log("metrics.jsonl", {**row, "step": 1})

@@ -215,3 +215,23 @@ def run_video(catalog: Catalog, video_id: str, *, force: bool = False) -> dict[s
     if result.failure is not None:
         raise StageError(result.stage, video_id, result.error)
     return {s: o.summary for s, o in result.outcomes.items()}
+
+
+def split(items: list[str], size: int) -> list[list[str]]:
+    """Consecutive batches of at most `size` items."""
+    if size < 1:
+        raise ValueError(f"videos_per_batch must be >= 1, got {size}")
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def near_equal_parts(items: list[str], k: int) -> list[list[str]]:
+    """`items` in at most k near-equal consecutive parts (none empty): a batch's
+    parallel chains."""
+    k = max(1, min(k, len(items)))
+    q, r = divmod(len(items), k)
+    out, i = [], 0
+    for j in range(k):
+        n = q + (1 if j < r else 0)
+        out.append(items[i:i + n])
+        i += n
+    return out

@@ -140,29 +140,37 @@ def process_videos(
 
 def _process(catalog: Catalog, video_ids: list[str], spec: dict[str, Any], *, run_id: str, videos_per_batch: int,
              batch_runs: BatchRuns, task_runner: Optional[RunnerKind], max_workers: Optional[int],
-             dask_address: Optional[str]) -> list[VideoResult]:
+             dask_address: Optional[str], upstream: Optional[dict[str, Any]] = None
+             ) -> tuple[list[VideoResult], list[Any]]:
     """The per-video work of a run, batch by batch: inline (each batch a subflow of
-    this run, on the chosen task runner) or as runs of the `process-videos/batch`
-    deployment that any worker of the pool picks up."""
+    this run, on the chosen task runner, drawn after the import or downloads of its
+    videos: `upstream`) or as runs of the `process-videos/batch` deployment that any
+    worker of the pool picks up. Returns the results and the inline batches' states
+    (the manifests are drawn after them)."""
     logger = get_run_logger()
     batches = split(video_ids, videos_per_batch)
     names = [batch_name(i, len(batches)) for i in range(len(batches))]
     slices = max_workers or DEFAULT_SLICES
     if not batches:
-        return []
+        return [], []
     progress_id = create_progress_artifact(progress=0.0, description="batches of videos processed (%)")
     results: list[VideoResult] = []
+    states: list[Any] = []
     if batch_runs == "inline":
         for i, (name, batch) in enumerate(zip(names, batches), start=1):
             runner = make_task_runner(task_runner or "threads", max_workers, dask_address)
+            # the import or downloads of its videos: the graph's edges into the batch
+            after = list({id(u): u for v in batch if (u := (upstream or {}).get(v)) is not None}.values())
             state = process_videos.with_options(task_runner=runner)(
-                batch, batch_name=name, slices=slices, return_state=True, **spec)
+                batch, batch_name=name, slices=slices, return_state=True, wait_for=after, **spec)
+            if state.is_completed():  # a failed batch must not hold back the manifests of the others
+                states.append(state)
             try:
                 results += [VideoResult.from_dict(d) for d in state.result()]
             except Exception as e:  # failed after its retries: recorded, the other batches go on
                 results += unfinished(batch, "process-videos", f"batch run {name} failed: {e}")
             update_progress_artifact(progress_id, progress=100.0 * i / len(batches))
-        return results
+        return results, states
     if batch_runs != "deployment":
         raise ValueError(f"unknown batch_runs {batch_runs!r}: inline or deployment")
     import os
@@ -180,9 +188,9 @@ def _process(catalog: Catalog, video_ids: list[str], spec: dict[str, Any], *, ru
                            flow_run_name=name, timeout=0, job_variables={"env": env} if env else None)
             for name, batch, path in zip(names, batches, paths)]
     logger.info("submitted %d batch runs of %s to the work pool", len(runs), BATCH_DEPLOYMENT)
-    states = wait_for_flow_runs([r.id for r in runs])
+    finals = wait_for_flow_runs([r.id for r in runs])
     for i, (name, batch, path, run) in enumerate(zip(names, batches, paths, runs), start=1):
-        state = states[run.id]
+        state = finals[run.id]
         if state.is_completed() and io.exists(path):
             results += [VideoResult.from_dict(d) for d in io.read_json(path)]
         else:
@@ -190,7 +198,7 @@ def _process(catalog: Catalog, video_ids: list[str], spec: dict[str, Any], *, ru
                                   f"batch run {name} ended {state.name}: {state.message or ''}".strip())
         update_progress_artifact(progress_id, progress=100.0 * i / len(batches))
     io.remove(paths[0].rsplit("/", 1)[0], recursive=True)  # read: the parent records them
-    return results
+    return results, []
 
 
 # -- acquisition: tasks composed, rules in emotionclip.stages.acquisition ---------------
@@ -206,9 +214,9 @@ def _acquire(catalog: Catalog, registry: VideoRegistry, source: Source, urls: li
     """import | search -> download | download a URL list; registered in one write per phase."""
     max_attempts = catalog.stages.download.max_attempts
     if source in ("folder", "sample"):
-        imported = import_folder(catalog, source_folder(catalog, source, folder))
-        out = acquisition.record_import(catalog, registry, imported, run_id, reason_of)
-        out.task_runs = 1
+        imported = import_folder(catalog, source_folder(catalog, source, folder), return_state=True)
+        out = acquisition.record_import(catalog, registry, imported.result(), run_id, reason_of)
+        out.task_runs, out.upstream = 1, {v: imported for v in out.video_ids}
         return out
     if source == "youtube":
         candidates = search(catalog, known=registry.skip_ids(max_attempts, retry_failed))
@@ -222,10 +230,10 @@ def _acquire(catalog: Catalog, registry: VideoRegistry, source: Source, urls: li
     jobs, retried = acquisition.plan_downloads(catalog, registry, jobs, retry_failed=retry_failed, limit=limit)
     dl = download_task(catalog)
     futures = [dl.submit(catalog, video_id=job.video_id, url=job.url) for job in jobs]
-    out = acquisition.record_downloads(catalog, registry,
-                                       [(job, f.result(raise_on_failure=False)) for job, f in zip(jobs, futures)],
-                                       run_id, reason_of)
+    results = [(job, f.result(raise_on_failure=False)) for job, f in zip(jobs, futures)]
+    out = acquisition.record_downloads(catalog, registry, results, run_id, reason_of)
     out.retried, out.task_runs = retried, len(jobs) + (source == "youtube")
+    out.upstream = {r["video_id"]: f for f, (_, r) in zip(futures, results) if isinstance(r, dict) and r.get("video_id")}
     return out
 
 
@@ -325,7 +333,8 @@ def build_tv_dataset(
                                              limit=limit)
         logger.info("%d videos to process (%d done ones gone stale), %d failed to download", len(video_ids), stale,
                     len(acquired.failures))
-    results = _process(catalog, video_ids, spec, run_id=start.run_id, **batching)
+    results, batch_states = _process(catalog, video_ids, spec, run_id=start.run_id, upstream=acquired.upstream,
+                                     **batching)
     record_results(registry, results, start.run_id)
 
     failures = [f.record() for f in acquired.failures]
@@ -335,7 +344,7 @@ def build_tv_dataset(
         with manifests_lock(catalog):
             # Every done video of the registry, not just this run's: a run over part of
             # the videos (max_videos, a new folder) must not replace the manifests with that part.
-            summary = manifests(catalog, registry.done_ids(), failures, force=force_manifests)
+            summary = manifests(catalog, registry.done_ids(), failures, force=force_manifests, wait_for=batch_states)
             record_manifests(catalog, registry)
     result, growth = finish_run(catalog, registry, start, source=source, acquired=acquired, results=results,
                                 stale=stale, manifests_summary=summary, target_videos=target_videos)

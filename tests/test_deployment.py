@@ -192,14 +192,21 @@ def test_every_stage_is_its_own_task_run_made_in_tasks(server, small_reference):
         assert t.state.is_completed(), name
     assert len(task_runs) == len(stages) + 3 + 1, sorted(by_name)  # + the link to the batch subflow
 
+    def upstream_of(t):
+        ids = {i.id for inputs in t.task_inputs.values() for i in inputs if getattr(i, "input_type", "") == "task_run"}
+        return {u.name.split("-batch")[0] for u in task_runs if u.id in ids}
+
     def upstream(stage):
-        ids = {i.id for inputs in by_name[f"{stage}-batch-0001-of-0001"].task_inputs.values() for i in inputs
-               if getattr(i, "input_type", "") == "task_run"}
-        return {t.name.split("-batch")[0] for t in task_runs if t.id in ids}
+        return upstream_of(by_name[f"{stage}-batch-0001-of-0001"])
 
     assert upstream("words") == upstream("frames") == set()
     assert upstream("sentences") == {"words", "frames"}
     assert [upstream(s) for s in ("sentiment", "humans", "clips")] == [{"sentences"}, {"sentiment"}, {"humans"}]
+    # the build's own graph: import -> the batch -> manifests -> card
+    key = {name: TASKS[name].task_key for name in ("import", "manifests", "card")}
+    [imp], [man], [crd] = ([t for t in task_runs if t.task_key == key[n]] for n in ("import", "manifests", "card"))
+    [link] = [t for t in task_runs if t.flow_run_id == runs[0].id and t.name.startswith("process-videos")]
+    assert (upstream_of(link), upstream_of(man), upstream_of(crd)) == ({imp.name}, {link.name}, {man.name})
 
 
 def test_schedules_pause_resume_and_run_with_parameters(server):

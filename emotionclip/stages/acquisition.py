@@ -57,6 +57,9 @@ class Acquired:
     failures: list[AcquisitionFailure] = field(default_factory=list)
     retried: int = 0
     task_runs: int = 0
+    # per video, the orchestrator's handle of the task run that acquired it (the flow
+    # draws the graph's edges from it); opaque to the library
+    upstream: dict[str, Any] = field(default_factory=dict)
 
 
 def record_candidates(registry: VideoRegistry, candidates: list[dict[str, Any]], run_id: str) -> list[DownloadJob]:

@@ -5,7 +5,7 @@ what a user reads in the Prefect UI while and after the run trains:
     pretrain-config        markdown: every TrainConfig field and value (preset, ablation, profile)
     pretrain-progress      progress: step/total, loss, clips/s, ETA (tasks.progress)
     pretrain-loss-curve    markdown: loss and lr curves as an embedded PNG, a new version
-                           every CURVE_INTERVAL_S while new steps are logged, a last one at the end
+                           after new steps (10 s, backing off to 15 min), a last one at the end
     pretrain-probe         table: the in-training probe's metrics, one row per probed epoch
     pretrain-epochs        table: per-epoch loss and throughput
     pretrain-checkpoint    markdown: the newest checkpoint
@@ -33,6 +33,10 @@ from emotionclip.training.config import TrainConfig
 # only when new steps were logged): often enough to follow a run, rare enough that a
 # long run's versions stay few (one every 10 s at most).
 CURVE_INTERVAL_S = 10.0
+# ... growing by CURVE_BACKOFF after each look up to CURVE_MAX_INTERVAL_S: a 3-day paper run
+# keeps ~300 versions of the ~45 KB PNG in the server's database, not 26,000 (one per 10 s).
+CURVE_BACKOFF = 1.5
+CURVE_MAX_INTERVAL_S = 900.0
 
 CONFIG_KEY = "pretrain-config"
 CURVE_KEY = "pretrain-loss-curve"
@@ -62,19 +66,22 @@ def _table(key: str, rows: list[dict[str, Any]], description: str) -> None:
 
 
 class LiveRunArtifacts:
-    """While the body runs, a background thread looks at `out_dir`'s metrics files
-    every `interval_s`: the loss curve artifact when new steps were logged, the probe
+    """While the body runs, a background thread looks at `out_dir`'s metrics files,
+    first after `interval_s`, then less and less often up to `max_interval_s`: the loss curve artifact when new steps were logged, the probe
     table when a new epoch was probed. On exit (a crash too) a last curve, marked as
     the end, and the probe table if it changed. `markdown(key, text, description)` / `table(key, rows,
     description)` publish (default: Prefect artifacts); their failures are counted and
     logged once, never raised."""
 
     def __init__(self, out_dir: str | Path, *, title: str = "pretrain", interval_s: Optional[float] = None,
+                 max_interval_s: Optional[float] = None,
                  markdown: Callable[[str, str, str], None] = _markdown,
                  table: Callable[[str, list[dict[str, Any]], str], None] = _table) -> None:
         self.out_dir = Path(out_dir)
         self.title = title
         self.interval_s = CURVE_INTERVAL_S if interval_s is None else interval_s
+        # a given interval stays fixed unless a maximum is given too
+        self.max_interval_s = max_interval_s or (CURVE_MAX_INTERVAL_S if interval_s is None else self.interval_s)
         self._markdown, self._table = markdown, table
         self.log = _logger()
         self._stop = threading.Event()
@@ -126,8 +133,10 @@ class LiveRunArtifacts:
                     self._warn(PROBE_KEY, e)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        wait = self.interval_s
+        while not self._stop.wait(wait):
             self.refresh()
+            wait = min(wait * CURVE_BACKOFF, self.max_interval_s)
 
     def __enter__(self) -> "LiveRunArtifacts":
         # the copied context carries the Prefect run context: the artifacts belong to this task run

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from emotionclip.core import io, schemas
-from emotionclip.core.errors import StageError
+from emotionclip.core.errors import StageError, pooled_or_each
 
 STAGE = "sentences"
 
@@ -293,24 +293,6 @@ def _clean_words(catalog: Any, video_id: str) -> pd.DataFrame:
     return df[df["word"] != ""].reset_index(drop=True)
 
 
-def _predict_pooled(plans: list[ChunkPlan], model: Any, layout: ModelLayout,
-                    batch_size: int) -> list[list[np.ndarray] | BaseException]:
-    """predict_chunks over all the plans at once. If the pooled call fails, each plan
-    runs alone, so the error lands on the video that causes it."""
-    try:
-        return list(predict_chunks(plans, model, layout, batch_size))
-    except Exception:
-        if len(plans) == 1:
-            raise
-    out: list[list[np.ndarray] | BaseException] = []
-    for plan in plans:
-        try:
-            out.append(predict_chunks([plan], model, layout, batch_size)[0])
-        except Exception as e:
-            out.append(e)
-    return out
-
-
 def run_sentences_many(
     catalog: Any, video_ids: Sequence[str], device: str | None = None
 ) -> dict[str, dict | BaseException]:
@@ -350,7 +332,8 @@ def run_sentences_many(
                 labels[vid] = e
         if plans:
             try:
-                preds = _predict_pooled(list(plans.values()), model, layout, params.batch_size)
+                preds = pooled_or_each(lambda ps: predict_chunks(ps, model, layout, params.batch_size),
+                                       list(plans.values()))
             except Exception as e:
                 preds = [e] * len(plans)
             for (vid, plan), pr in zip(plans.items(), preds):

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from emotionclip.core import io, schemas
-from emotionclip.core.errors import StageError
+from emotionclip.core.errors import StageError, pooled_or_each
 
 STAGE = "sentiment"
 BATCH_SIZE = 64
@@ -104,25 +104,10 @@ def _read_sentences(catalog: Any, video_id: str) -> pd.DataFrame:
         raise StageError(STAGE, video_id, f"cannot read sentences {path}: {e}") from e
 
 
-def _score_pooled(texts: list[list[str]], tok: Any, model: Any, batch_size: int,
-                  max_length: int) -> list[np.ndarray | BaseException]:
-    """Logits of every video's texts from one pooled score_texts call, split back per
-    video. If the pooled call fails, each video is scored alone, so the error lands
-    on the video that causes it and the others still get their scores."""
-    try:
-        pooled = score_texts([t for ts in texts for t in ts], tok, model, batch_size=batch_size,
-                             max_length=max_length)
-        return np.split(pooled, np.cumsum([len(ts) for ts in texts])[:-1])
-    except Exception:
-        if len(texts) == 1:
-            raise
-    out: list[np.ndarray | BaseException] = []
-    for ts in texts:
-        try:
-            out.append(score_texts(ts, tok, model, batch_size=batch_size, max_length=max_length))
-        except Exception as e:
-            out.append(e)
-    return out
+def _score_videos(texts: list[list[str]], tok: Any, model: Any, batch_size: int, max_length: int) -> list[np.ndarray]:
+    """Logits of every video's texts from one score_texts call, split back per video."""
+    logits = score_texts([t for ts in texts for t in ts], tok, model, batch_size=batch_size, max_length=max_length)
+    return np.split(logits, np.cumsum([len(ts) for ts in texts])[:-1])
 
 
 def run_sentiment_many(
@@ -151,8 +136,9 @@ def run_sentiment_many(
     if scored:  # a batch of empty videos needs no model
         try:
             tok, model = load_emotion_model(catalog.model_ref("emotion"), device or default_device())
-            per_video = _score_pooled([frames[v]["text"].tolist() for v in scored], tok, model,
-                                      params.batch_size, params.max_length)
+            per_video = pooled_or_each(
+                lambda tss: _score_videos(tss, tok, model, params.batch_size, params.max_length),
+                [frames[v]["text"].tolist() for v in scored])
         except Exception as e:  # the model itself failed: every video that needs it fails
             per_video = [e] * len(scored)
         logits.update(zip(scored, per_video))

@@ -8,5 +8,6 @@
     ablation     the ablation flow's planning, re-filter and comparison
     mission      build-train-evaluate: each step a deployment run linked to the parent
     limits       the global GPU and YouTube limits every run shares
+    runners      a batch's task runner (threads, processes, Dask); waiting for batch runs
     progress     progress artifacts fed by the library's progress trackers
 """

@@ -46,9 +46,13 @@ class Step:
 def run_step(label: str, deployment: str, parameters: Optional[dict[str, Any]] = None) -> Step:
     """Start a run of `deployment` (`<flow>/<name>`) with `parameters` over its defaults
     and wait for its end (no timeout: pre-training takes days)."""
+    from prefect.runtime import flow_run
+
     logger = get_run_logger()
     logger.info("%s: starting %s", label, deployment)
+    # named after the mission's run and the step (e.g. radical-kiwi-pretrain): the UI's run list reads as a chain
     run = run_deployment(deployment, parameters={k: v for k, v in (parameters or {}).items() if v is not None},
+                         flow_run_name=f"{flow_run.name}-{label}" if flow_run.name else None,
                          timeout=None, as_subflow=True)
     step = Step(label, deployment, run)
     logger.info("%s: %s run %s ended %s", label, deployment, run.name, run.state.name if run.state else "?")

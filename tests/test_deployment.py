@@ -370,6 +370,7 @@ def test_demo_is_one_run_that_builds_trains_and_evaluates(server, reference, tmp
     runs, task_runs = _runs_under(server, _flow_run_id(stdout))
     steps = _steps(runs, task_runs)
     assert len(steps) == 3 and all(r.state.is_completed() for r in steps), [(r.name, r.state) for r in steps]
+    assert [r.name for r in steps] == [f"{runs[0].name}-{s}" for s in ("build", "pretrain", "linear-probe")]
     assert [r.parameters.get("out_dir") for r in steps[1:]] == [str(run), str(out)]
     assert steps[1].parameters["manifests"] == str(server["data"] / "main" / "manifests")
     assert runs[0].state.is_completed() and "trained" in runs[0].state.message, runs[0].state
